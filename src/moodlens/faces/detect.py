@@ -80,7 +80,7 @@ def scales_for(shape: tuple[int, int], max_side: int = 1920, context_side: int =
 
 def detect_faces(
     image: np.ndarray,
-    threshold: float = 0.6,
+    threshold: float = 0.7,
     nms_iou: float = 0.3,
     min_size: float = 0.0,
     max_side: int = 1920,
@@ -111,3 +111,24 @@ def detect_faces(
         faces = faces[np.minimum(faces.boxes[:, 2], faces.boxes[:, 3]) >= min_size]
     order = np.argsort(-faces.scores, kind="stable")
     return faces[order]
+
+
+def landmarks_in_crop(crop: np.ndarray) -> np.ndarray | None:
+    """YuNet landmarks of the face filling a tight crop, in the crop's pixels.
+
+    A tight crop has no margin and may be tiny (FER+: 48 px), so it is padded
+    by a third of its side and enlarged to about 144 px, where YuNet is
+    reliable. Among several finds, the most confident central one wins.
+    """
+    if crop.ndim == 2:
+        crop = cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
+    side = max(crop.shape[:2])
+    pad = int(round(side / 3))
+    padded = cv2.copyMakeBorder(crop, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    faces = detect_faces(padded, threshold=0.3, upscale=max(1.0, 144.0 / side))
+    if len(faces) == 0:
+        return None
+    centre = np.array([padded.shape[1] / 2, padded.shape[0] / 2])
+    centres = faces.boxes[:, :2] + faces.boxes[:, 2:] / 2
+    best = int(np.argmin(((centres - centre) ** 2).sum(1) / side**2 - faces.scores))
+    return faces.landmarks[best] - pad

@@ -2,7 +2,7 @@
 
 FER+ crops are 48x48 greyscale, framed by the original FER2013 face finder.
 moodlens aligns every face with YuNet's 5 landmarks, so training images are
-landmarked the same way: each crop is padded, enlarged 3x, run through YuNet
+landmarked the same way: each crop is padded, enlarged 3x, run through YuNet (``landmarks_in_crop``)
 and warped onto the emotion template. Where YuNet finds no face in a crop
 (about 1-2 %), the crop is used as it is, since FER framing is close to the
 template by construction (the template is the mean FER+ landmark layout).
@@ -19,11 +19,9 @@ import cv2
 import numpy as np
 
 from moodlens.faces.align import align
-from moodlens.faces.detect import detect_faces
+from moodlens.faces.detect import landmarks_in_crop
 
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
-PAD = 16
-UPSCALE = 3.0
 
 
 @dataclass
@@ -60,18 +58,6 @@ def read_labels(folder: Path) -> tuple[list[str], np.ndarray]:
     return files, np.asarray(votes, dtype=np.int64)
 
 
-def landmarks_of(crop: np.ndarray) -> np.ndarray | None:
-    """YuNet landmarks of a tight face crop, in the crop's pixel coordinates."""
-    padded = cv2.copyMakeBorder(crop, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE)
-    faces = detect_faces(padded, threshold=0.3, upscale=UPSCALE)
-    if len(faces) == 0:
-        return None
-    c = np.array([padded.shape[1] / 2, padded.shape[0] / 2])
-    centres = faces.boxes[:, :2] + faces.boxes[:, 2:] / 2
-    best = int(np.argmin(((centres - c) ** 2).sum(1) - 1e4 * faces.scores))
-    return faces.landmarks[best] - PAD
-
-
 def load_split(folder: Path, cache_dir: Path | None = None, progress=None) -> FerSplit:
     """Load one FER+ folder, landmarking every image (cached by content hash)."""
     files, votes = read_labels(folder)
@@ -88,7 +74,7 @@ def load_split(folder: Path, cache_dir: Path | None = None, progress=None) -> Fe
     else:
         lm = np.full((len(files), 5, 2), np.nan, np.float32)
         for i in range(len(files)):
-            found = landmarks_of(cv2.cvtColor(images[i], cv2.COLOR_GRAY2BGR))
+            found = landmarks_in_crop(images[i])
             if found is not None:
                 lm[i] = found
             if progress:

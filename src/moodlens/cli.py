@@ -1,0 +1,209 @@
+"""The ``moodlens`` command: thin wrappers that parse, call the API and print."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from moodlens.errors import MoodlensError
+from moodlens.store import DEFAULT_DB
+
+app = typer.Typer(
+    help="Offline audience-emotion analytics: per-face, per-moment emotions from video.",
+    no_args_is_help=True, rich_markup_mode="markdown", pretty_exceptions_enable=False,
+)
+eval_app = typer.Typer(help="Measure moodlens's models on a labelled dataset.", no_args_is_help=True)
+train_app = typer.Typer(help="Train moodlens's own models (needs the `[train]` extra).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+app.add_typer(train_app, name="train")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+DbOpt = Annotated[str, typer.Option("--db", help="Database URL: SQLite file (default) or postgresql+psycopg://…")]
+
+
+def friendly(fn):
+    """Print a MoodlensError as one line on stderr and exit 2: no traceback for bad input."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MoodlensError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def progress_bar(label: str) -> Progress:
+    """A Rich bar on a terminal; silent when stderr is piped or redirected."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                    disable=not err_console.is_terminal, transient=True)
+
+
+@app.command(epilog="""Examples:
+
+  moodlens analyze talk.mp4
+
+  moodlens analyze talk.mp4 --fps 4 --out results/talk --json
+
+  moodlens analyze panel.mkv --db postgresql+psycopg://user@localhost/moodlens
+""")
+@friendly
+def analyze(
+    video: Annotated[Path, typer.Argument(help="Video file (mp4, mov, mkv, mpg, avi, gif, …).")],
+    fps: Annotated[float, typer.Option(help="Frames sampled per second of video.", min=0.01)] = 2.0,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for records.csv, records.jsonl, summary.csv "
+                                                     "[default: moodlens-out/<video>-<analysis id>].")] = None,
+    db: DbOpt = DEFAULT_DB,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
+):
+    """Find every face in sampled frames, score its emotions, track it, store and export the records."""
+    from moodlens.pipeline import analyze as run
+    from moodlens.reports.tables import export_tables
+
+    with progress_bar("analyze") as bar:
+        task = bar.add_task(video.name, total=1.0)
+        result = run(video, fps=fps, db=db, progress=lambda done, total: bar.update(
+            task, completed=min(done / total, 1.0) if total else 0))
+    out = out or Path("moodlens-out") / f"{video.stem}-{result.id}"
+    result.outputs = export_tables(out, result.observations, result.models, fps)
+    summary = result.summary
+    if as_json:
+        print(json.dumps({
+            "analysis_id": result.id, "video": result.video, "status": result.status, "db": db,
+            "frames": result.timings.get("frames", None) or len({o["frame"] for o in result.observations}),
+            "observations": len(result.observations), "tracks": len(result.tracks),
+            "outputs": {k: str(v) for k, v in result.outputs.items()}, "models": result.models,
+            "timings": result.timings, "ids": summary,
+        }, indent=2, default=str))
+        return
+    table = Table(title=f"analysis {result.id}: {video.name}", title_justify="left")
+    for col in ("id", "seen s", "obs", "calm", "happy", "surprised", "sad", "angry", "disgusted", "fear", "contempt"):
+        table.add_column(col, justify="left" if col == "id" else "right")
+    for r in summary:
+        table.add_row(r["id"], f"{r['seconds']:.1f}", str(r["observations"]),
+                      *(f"{r[c + '_mean']:.0f}" for c in ("calm", "happy", "surprised", "sad", "angry",
+                                                           "disgusted", "fear", "contempt")))
+    if summary:
+        out_console.print(table)
+    else:
+        out_console.print(f"analysis {result.id}: no faces found in {video.name}")
+    rtf = result.timings.get("realtime_factor")
+    out_console.print(f"{len(result.observations)} observations, {len(result.tracks)} tracks"
+                      + (f", {rtf:.1f}x real time" if rtf else ""))
+    for name, p in result.outputs.items():
+        out_console.print(f"  {name}: {p}")
+
+
+@app.command(epilog="Examples:\n\n  moodlens analyses\n\n  moodlens analyses --db sqlite:///out/demo/moodlens.db")
+@friendly
+def analyses(db: DbOpt = DEFAULT_DB, limit: int = 20):
+    """List recent analyses and their status (running, complete, failed, interrupted)."""
+    from moodlens.store import Store
+
+    table = Table()
+    for col in ("id", "status", "video", "frames", "observations", "started"):
+        table.add_column(col)
+    for a in Store(db).analyses(limit):
+        table.add_row(str(a.id), a.status, Path(a.video).name, str(a.frames), str(a.observations),
+                      a.started_at.strftime("%Y-%m-%d %H:%M"))
+    out_console.print(table)
+
+
+@app.command(epilog="Examples:\n\n  moodlens export 3 --out results/3")
+@friendly
+def export(analysis_id: int, out: Annotated[Path, typer.Option(help="Folder to write into.")], db: DbOpt = DEFAULT_DB):
+    """Write records.csv, records.jsonl and summary.csv for a complete analysis."""
+    from moodlens.pipeline import load_analysis
+    from moodlens.reports.tables import export_tables
+
+    a = load_analysis(analysis_id, db)
+    for name, p in export_tables(out, a.observations, a.models, a.params.get("fps")).items():
+        out_console.print(f"{name}: {p}")
+
+
+@eval_app.command("emotion", epilog="""Examples:
+
+  moodlens eval emotion ../shared/data/ferplus/FER2013Valid
+
+  moodlens eval emotion my_faces/ --json     (folders named happy/, sad/, angry/, …)
+""")
+@friendly
+def eval_emotion(
+    data: Annotated[Path, typer.Argument(help="FER+ folder (label.csv with votes) or one folder per class.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="Score only the first N images.")] = None,
+):
+    """Accuracy, per-class recall, confusion matrix and calibration error (ECE) of the emotion model."""
+    from moodlens.evaluation.emotion import evaluate_dataset
+
+    with progress_bar("eval") as bar:
+        task = bar.add_task(data.name, total=None)
+        report = evaluate_dataset(data, limit=limit, progress=lambda i, n: bar.update(task, completed=i, total=n))
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    out_console.print(f"[bold]{report['model']}[/] on {data} ({report['layout']} layout): "
+                      f"{report['n']} faces, scored over {len(report['classes'])} classes")
+    out_console.print(f"accuracy {report['accuracy']:.4f}   balanced {report['balanced_accuracy']:.4f}   "
+                      f"ECE {report['ece']:.4f}   flip agreement {report['flip_agreement']:.4f}   "
+                      f"{report['ms_per_face']:.2f} ms/face")
+    cm = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
+    cm.add_column("true \\ pred")
+    for c in report["classes"]:
+        cm.add_column(c[:8], justify="right")
+    cm.add_column("recall", justify="right")
+    for c, row in zip(report["classes"], report["confusion"]):
+        r = report["recall"][c]
+        cm.add_row(c, *map(str, row), "-" if r is None else f"{r:.3f}")
+    out_console.print(cm)
+
+
+@train_app.command("emotion", epilog="""Examples:
+
+  moodlens train emotion --data ../shared/data/ferplus --out runs/emotion
+
+  moodlens train emotion --data ../shared/data/ferplus --out runs/emotion --epochs 40   (resumes if a checkpoint exists)
+""")
+@friendly
+def train_emotion(
+    data: Annotated[Path, typer.Option(help="FER+ root with FER2013Train/ and FER2013Valid/.")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, logs, exported ONNX and card.")],
+    epochs: Annotated[int, typer.Option(help="Total epochs of the cosine schedule.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed (data order, augmentation, init).")] = 20261122,
+    export_only: Annotated[bool, typer.Option("--export-only", help="Only export the latest checkpoint.")] = False,
+):
+    """Train the FER+ emotion model (seeded, resumable), then export ONNX + model card."""
+    try:
+        from moodlens.training.export import export
+        from moodlens.training.train import TrainConfig, train
+    except ImportError as e:
+        raise MoodlensError(f"training needs PyTorch: pip install -e '.[train]' ({e})") from e
+    if not (data / "FER2013Train" / "label.csv").is_file():
+        raise MoodlensError(f"{data}: not a FER+ root (expected FER2013Train/label.csv)")
+    log = lambda m: err_console.print(m, highlight=False)  # noqa: E731
+    if not export_only:
+        train(data, out, TrainConfig(epochs=epochs, seed=seed), log=log)
+    card = export(out, data, log=log)
+    out_console.print(f"exported {card}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

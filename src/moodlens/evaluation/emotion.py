@@ -1,0 +1,117 @@
+"""``moodlens eval emotion``: score the emotion model on a labelled folder.
+
+Two layouts are read: FER+ (``label.csv`` with 10 annotator votes; majority
+label, unknown / not-a-face majorities excluded) and one folder per class
+(names such as ``happy`` or ``happiness``). Full images are searched for the
+largest face, which is aligned like video faces; tight crops are landmarked
+inside the crop, as the training data was. Scoring is restricted to the
+classes the dataset has (a 7-class set never counts "contempt" as an answer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from moodlens.errors import MoodlensError
+from moodlens.faces.align import align_batch
+from moodlens.faces.detect import detect_faces
+from moodlens.faces.emotion import EmotionClassifier, default_classifier, tight_crop_input
+from moodlens.metrics import classification_report
+from moodlens.training.ferplus import read_labels
+from moodlens.types import EMOTIONS
+
+ALIASES = {
+    "neutral": "neutral", "calm": "neutral",
+    "happy": "happiness", "happiness": "happiness", "joy": "happiness",
+    "surprise": "surprise", "surprised": "surprise",
+    "sad": "sadness", "sadness": "sadness",
+    "angry": "anger", "anger": "anger",
+    "disgust": "disgust", "disgusted": "disgust",
+    "fear": "fear", "fearful": "fear", "afraid": "fear", "scared": "fear",
+    "contempt": "contempt",
+}
+IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+FULL_IMAGE_FACE_FRACTION = 0.5  # a face box under half the image area means a scene, not a crop
+
+
+def _canonical(name: str) -> str | None:
+    key = name.lower().strip()
+    key = key.split("_", 1)[1] if key[:1].isdigit() and "_" in key else key
+    return ALIASES.get(key)
+
+
+def read_dataset(root: Path) -> tuple[str, list[Path], np.ndarray]:
+    """(layout, image paths, labels as EMOTIONS indices)."""
+    if not root.is_dir():
+        raise MoodlensError(f"{root}: not a folder")
+    if (root / "label.csv").is_file():
+        files, votes = read_labels(root)
+        keep = votes.argmax(1) < 8
+        paths = [root / f for f, k in zip(files, keep) if k]
+        return "ferplus", paths, votes[keep, :8].argmax(1)
+    paths, labels, unknown = [], [], []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        cls = _canonical(sub.name)
+        if cls is None:
+            unknown.append(sub.name)
+            continue
+        for f in sorted(sub.rglob("*")):
+            if f.suffix.lower() in IMAGE_EXT:
+                paths.append(f)
+                labels.append(EMOTIONS.index(cls))
+    if not paths:
+        raise MoodlensError(f"{root}: no label.csv and no class folders with images"
+                            + (f" (unrecognised folders: {', '.join(unknown[:8])})" if unknown else ""))
+    return "folders", paths, np.asarray(labels)
+
+
+def model_input(image: np.ndarray, clf: EmotionClassifier) -> tuple[np.ndarray, str]:
+    """The classifier's input for one labelled image, and how it was found (scene / crop)."""
+    h, w = image.shape[:2]
+    if max(h, w) > 96:
+        faces = detect_faces(image)
+        if len(faces):
+            i = int(np.argmax(faces.areas))
+            if faces.areas[i] < FULL_IMAGE_FACE_FRACTION * h * w:
+                grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+                return align_batch(grey, faces.landmarks[i : i + 1], clf.size, clf.template)[0], "scene"
+    return tight_crop_input(image, clf.size, clf.template), "crop"
+
+
+def evaluate_dataset(root: Path, classifier: EmotionClassifier | None = None, limit: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict:
+    clf = classifier or default_classifier()
+    layout, paths, labels = read_dataset(Path(root))
+    if limit:
+        paths, labels = paths[:limit], labels[:limit]
+    inputs, kinds = [], {"scene": 0, "crop": 0}
+    for i, p in enumerate(paths):
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise MoodlensError(f"{p}: not a readable image")
+        x, kind = model_input(img, clf)
+        inputs.append(x)
+        kinds[kind] += 1
+        if progress:
+            progress(i + 1, len(paths))
+    x = np.stack(inputs)
+    t = time.perf_counter()
+    probs = clf.predict(x)
+    ms = (time.perf_counter() - t) / len(x) * 1000
+    flipped = clf.predict(x[:, :, ::-1].copy())
+    present = sorted(set(labels.tolist()))
+    sub = probs[:, present]
+    sub = sub / sub.sum(1, keepdims=True)
+    remap = {c: i for i, c in enumerate(present)}
+    y = np.array([remap[v] for v in labels])
+    report = classification_report(sub, y, [EMOTIONS[c] for c in present])
+    report.update(
+        model=clf.version, layout=layout, data=str(root), faces_from=kinds, ms_per_face=ms,
+        flip_agreement=float((probs[:, present].argmax(1) == flipped[:, present].argmax(1)).mean()),
+    )
+    return report

@@ -1,0 +1,249 @@
+"""Video decoding and timestamp sampling with PyAV (no ffmpeg binary needed).
+
+Frames are sampled by presentation timestamp, not by counting frames, so variable
+frame-rate phone clips give the same times as constant-rate ones. Decoding streams:
+at most a few frames are alive at once whatever the video length. When sampling
+sparsely the decoder is told to skip non-reference frames, which nothing else depends
+on, so they are never decoded; only emitted frames are converted to BGR.
+
+Every failure reaches the caller as one :class:`~moodlens.errors.MediaError` line that
+starts with the path; PyAV's own exceptions never escape.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .errors import MediaError
+from .types import Frame
+
+_SPARSE_RATIO = 4
+"""Skip non-reference frames only when the stream has >= this many frames per sample:
+at 2 fps on a 25-30 fps clip a skipped B-frame shifts a sample by a frame or two at most,
+but at rates near the stream's it would make samples miss their targets."""
+
+_EARLY_STOP_S = 1.0
+"""A video whose frames stop more than this before its stated duration is truncated."""
+
+_AV_ERRORS = (av.FFmpegError, OSError)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe` learns about a video without decoding it all."""
+
+    path: Path
+    width: int  # display size, after rotation
+    height: int
+    fps: float  # average frame rate (frames/s), best estimate
+    duration_s: float  # container/stream duration; best estimate
+    frame_count: int  # from the container, else duration * fps
+    rotation: int  # clockwise degrees (0/90/180/270) turned for display, like the `rotate` tag
+    codec: str
+    container: str
+    has_audio: bool
+
+
+def sample_times(duration_s: float, fps: float) -> np.ndarray:
+    """Target timestamps 0, 1/fps, 2/fps, ... strictly below ``duration_s``.
+
+    Computed as ``k / fps`` (not by summing steps) so times do not drift on long videos.
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    n = max(0, math.ceil(duration_s * fps - 1e-9))
+    return np.arange(n, dtype=np.float64) / fps
+
+
+def rotation_cw(ccw_degrees: float) -> int:
+    """Convert a display-matrix angle (counter-clockwise, as PyAV's ``frame.rotation``
+    reports it) to the clockwise quarter turn needed for display, in {0, 90, 180, 270}.
+    Phone clips shot upright usually say -90 here, i.e. 90 clockwise."""
+    return int(round(-ccw_degrees / 90.0)) % 4 * 90
+
+
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Turn a stored image clockwise by ``rotation`` degrees so it displays upright.
+
+    Returns a contiguous array (OpenCV rejects the negative strides of ``np.rot90``).
+    """
+    k = (rotation // 90) % 4
+    return image if k == 0 else np.ascontiguousarray(np.rot90(image, -k))
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Read a video's size, rate, duration and rotation.
+
+    Decodes the first frame, because PyAV exposes the display matrix only on frames,
+    and because a file that cannot yield one frame is better rejected here.
+    """
+    path = _check_path(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        fps = _average_fps(stream)
+        duration, _ = _duration(container, stream, fps)
+        try:
+            first = next(container.decode(stream), None)
+        except _AV_ERRORS as err:
+            raise MediaError(f"{path}: cannot decode the first video frame ({_reason(err)})") from None
+        if first is None:
+            raise MediaError(f"{path}: no decodable video frames")
+        rotation = rotation_cw(first.rotation)
+        width, height = first.width, first.height
+        if rotation in (90, 270):
+            width, height = height, width
+        return VideoInfo(
+            path=path, width=width, height=height, fps=fps, duration_s=duration,
+            frame_count=stream.frames or round(duration * fps), rotation=rotation,
+            codec=stream.codec_context.name, container=container.format.name,
+            has_audio=bool(container.streams.audio),
+        )
+
+
+def iter_frames(
+    path: str | Path, fps: float | None = 2.0, skip_nonref: bool = True, start_s: float = 0.0,
+) -> Iterator[Frame]:
+    """Yield upright BGR frames sampled at ``fps`` by timestamp (``None``: every frame).
+
+    For each target time ``k / fps`` the first decoded frame whose time is at least the
+    target less half a frame is emitted; a frame is never emitted twice, and targets
+    that fall in a gap of the stream are skipped. ``Frame.index`` is
+    ``round(time_s * average_fps)``, so indices stay meaningful when frames are skipped.
+    With ``skip_nonref`` and a sparse ``fps`` a sample may land a frame or two after its
+    target (the nearest reference frame); ``time_s`` is always the frame's true time.
+    """
+    samples = _sample(_check_args(path, fps), fps, skip_nonref, start_s)  # path errors now, not at next()
+    return (
+        Frame(index, time_s, upright(frame.to_ndarray(format="bgr24"), rotation_cw(frame.rotation)))
+        for frame, time_s, index in samples
+    )
+
+
+def decode_only(path: str | Path, fps: float | None = 2.0, skip_nonref: bool = True) -> int:
+    """Decode and sample exactly as :func:`iter_frames` does, without the BGR
+    conversion; return the number of frames that would be emitted (for benchmarks)."""
+    return sum(1 for _ in _sample(_check_args(path, fps), fps, skip_nonref, 0.0))
+
+
+def _sample(path, fps, skip_nonref, start_s) -> Iterator[tuple[av.VideoFrame, float, int]]:
+    """The decode loop shared by :func:`iter_frames` and :func:`decode_only`: yields
+    ``(av frame, time_s, index)`` for the frames to emit, and checks for truncation."""
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        avg_fps = _average_fps(stream)
+        duration, duration_known = _duration(container, stream, fps=avg_fps)
+        tb = float(stream.time_base)
+        origin = stream.start_time or 0
+        # Half a nominal frame: the tolerance of a target. Not frame.duration: in MP4 it is
+        # the decode-order (DTS) step, meaningless for presentation once B-frames reorder.
+        half = 0.5 / avg_fps
+        stream.thread_type = "AUTO"
+        if fps is not None and skip_nonref and fps * _SPARSE_RATIO <= avg_fps:
+            stream.codec_context.skip_frame = "NONREF"
+        if start_s > 0:
+            try:
+                container.seek(origin + int(start_s / tb), stream=stream)  # key frame at or before
+            except _AV_ERRORS:
+                pass  # unseekable input: decode from the start and drop early frames
+        k = 0 if fps is None else math.ceil(start_s * fps - 1e-9)  # next target index
+        last_t: float | None = None
+        last_end = -math.inf
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames, None)
+            except _AV_ERRORS as err:
+                at = 0.0 if last_t is None else last_t
+                raise MediaError(f"{path}: truncated or corrupt at {at:.2f} s ({_reason(err)})") from None
+            if frame is None:
+                break
+            t = (frame.pts - origin) * tb if frame.pts is not None else (
+                0.0 if last_t is None else last_t + 1.0 / avg_fps)
+            last_t = t
+            last_end = max(last_end, t + 2 * half)
+            if t < start_s - half:
+                continue
+            if fps is not None:
+                if t < k / fps - half:
+                    continue
+                # Consume every target this frame satisfies so it is emitted once only.
+                k = max(k + 1, math.floor((t + half) * fps) + 1)
+            yield frame, t, round(t * avg_fps)
+        if last_t is None:
+            if start_s <= 0:
+                raise MediaError(f"{path}: no decodable video frames")
+        elif duration_known and start_s < duration and last_end < duration - _EARLY_STOP_S:
+            raise MediaError(
+                f"{path}: truncated or corrupt at {last_end:.2f} s (frames stop before the "
+                f"stated duration of {duration:.2f} s)"
+            )
+
+
+def _check_args(path: str | Path, fps: float | None) -> Path:
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be positive or None, got {fps}")
+    return _check_path(path)
+
+
+def _check_path(path: str | Path) -> Path:
+    """Reject the common non-video cases with a plain message before FFmpeg sees them."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: no such file")
+    if path.is_dir():
+        raise MediaError(f"{path}: is a directory, not a video file")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise MediaError(f"{path}: permission denied")
+    return path
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r")
+    except _AV_ERRORS as err:
+        raise MediaError(
+            f"{path}: not a readable video; not a video file, or truncated/corrupt ({_reason(err)})"
+        ) from None
+
+
+def _video_stream(container, path: Path) -> av.VideoStream:
+    """The first real video stream; cover art (an attached picture) does not count."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    raise MediaError(f"{path}: no video stream (format {container.format.name})")
+
+
+def _average_fps(stream) -> float:
+    """Average frame rate, falling back through FFmpeg's guesses to 25 fps."""
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and 0 < float(rate) < 1000:
+            return float(rate)
+    if stream.frames and stream.duration:
+        return stream.frames / float(stream.duration * stream.time_base)
+    return 25.0
+
+
+def _duration(container, stream, fps: float) -> tuple[float, bool]:
+    """Duration in seconds, and whether it is the video stream's own (trusted for the
+    truncation check; the container's may include a longer audio track)."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base), True
+    if container.duration:
+        return container.duration / av.time_base, len(container.streams) == 1
+    return (stream.frames / fps if stream.frames else 0.0), False
+
+
+def _reason(err: BaseException) -> str:
+    """FFmpeg's message on one line, without the errno and the file name it repeats."""
+    text = getattr(err, "strerror", None) or str(err)
+    return " ".join(str(text).split())

@@ -1,0 +1,224 @@
+"""One analysis: a streaming chain of stages over sampled frames.
+
+decode -> detect -> align -> quality -> emotion -> track -> store, one frame at
+a time, so memory is bounded by a frame and a write batch, never by the
+video's length. Each stage is a plain function or a small callable; the
+``FaceStage`` bundles the per-frame work so that an executor (in-process
+today, a process pool or Ray later) can run it anywhere and give the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from moodlens import media
+from moodlens.errors import MediaError, MoodlensError
+from moodlens.faces.align import align_batch
+from moodlens.faces.detect import detect_faces
+from moodlens.faces.emotion import EmotionClassifier, default_classifier
+from moodlens.faces.quality import quality as face_quality
+from moodlens.faces.track import Tracker, appearance_features
+from moodlens.models import YUNET_SHA256
+from moodlens.store import DEFAULT_DB, Store, bulk
+from moodlens.types import EMOTIONS, Faces, Frame
+
+Progress = Callable[[float, float], None]  # (seconds done, seconds total)
+
+
+@dataclass
+class Options:
+    """Everything that changes an analysis's result; recorded with it."""
+
+    fps: float = 2.0
+    detect_threshold: float | None = None  # None: detect_faces' default
+    max_side: int = 1920
+    max_missed: int = 3
+    write_batch: int = 500
+
+    def detect_kwargs(self) -> dict:
+        kw = {"max_side": self.max_side}
+        if self.detect_threshold is not None:
+            kw["threshold"] = self.detect_threshold
+        return kw
+
+
+@dataclass
+class Analysis:
+    """The result of ``analyze``: its database id, metadata and observation rows."""
+
+    id: int
+    video: str
+    status: str
+    info: dict
+    params: dict
+    models: dict
+    timings: dict
+    observations: list[dict] = field(repr=False)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[dict]:
+        """Rows in records.csv's format (seed columns first)."""
+        from moodlens.reports.tables import record
+        return [record(o) for o in self.observations]
+
+    @property
+    def summary(self) -> list[dict]:
+        from moodlens.reports.tables import summary
+        return summary(self.observations, self.params.get("fps"))
+
+    @property
+    def tracks(self) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {}
+        for o in self.observations:
+            out.setdefault(o["track"], []).append(o)
+        return out
+
+
+class FaceStage:
+    """Per-frame work: faces with crops, quality and emotion probabilities (no state)."""
+
+    def __init__(self, classifier: EmotionClassifier, options: Options):
+        self.classifier = classifier
+        self.options = options
+        self.timings = {"detect": 0.0, "emotion": 0.0}
+
+    def __call__(self, frame: Frame) -> Faces:
+        t0 = time.perf_counter()
+        faces = detect_faces(frame.image, **self.options.detect_kwargs())
+        t1 = time.perf_counter()
+        if len(faces):
+            crops = align_batch(frame.image, faces.landmarks, self.classifier.size, self.classifier.template)
+            faces = faces.with_(crops=crops)
+            grey = crops @ np.array([0.114, 0.587, 0.299], np.float32)  # BGR -> luma, as cv2
+            faces = faces.with_(quality=face_quality(frame.image, faces),
+                                emotions=self.classifier.predict(np.clip(grey + 0.5, 0, 255).astype(np.uint8)))
+        else:
+            faces = faces.with_(quality=np.zeros(0, np.float32), emotions=np.zeros((0, len(EMOTIONS)), np.float32))
+        t2 = time.perf_counter()
+        self.timings["detect"] += t1 - t0
+        self.timings["emotion"] += t2 - t1
+        return faces
+
+
+def observation_rows(stem: str, frame: Frame, faces: Faces) -> list[dict]:
+    """Database rows (percentages) for one frame's tracked faces."""
+    rows = []
+    for i in range(len(faces)):
+        x, y, w, h = (float(v) for v in faces.boxes[i])
+        tid = int(faces.track_ids[i])
+        row = {"seq": f"{stem}/{frame.index}", "person": f"unknown-{tid + 1}", "frame": frame.index,
+               "time_s": frame.time_s, "track": tid, "x": x, "y": y, "w": w, "h": h,
+               "score": float(faces.scores[i]), "quality": float(faces.quality[i]),
+               "landmarks": np.round(faces.landmarks[i], 1).tolist()}
+        row.update({c: float(p) * 100.0 for c, p in zip(EMOTIONS, faces.emotions[i])})
+        rows.append(row)
+    return rows
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _frames_with_timing(frames: Iterator[Frame], timings: dict) -> Iterator[Frame]:
+    while True:
+        t = time.perf_counter()
+        try:
+            frame = next(frames)
+        except StopIteration:
+            timings["decode"] += time.perf_counter() - t
+            return
+        timings["decode"] += time.perf_counter() - t
+        yield frame
+
+
+def analyze(
+    path: str | Path,
+    *,
+    fps: float = 2.0,
+    db: str = DEFAULT_DB,
+    out: str | Path | None = None,
+    progress: Progress | None = None,
+    classifier: EmotionClassifier | None = None,
+    store: Store | None = None,
+    **options,
+) -> Analysis:
+    """Analyse a video: every face in every sampled frame, with emotions and tracks.
+
+    Results go to the database (``db``, SQLite by default) as a new analysis;
+    with ``out``, records.csv, records.jsonl and summary.csv are written there.
+    Raises ``MediaError`` for unreadable input; the database keeps the failed
+    analysis marked as such, and earlier analyses are untouched.
+    """
+    path = Path(path)
+    opts = Options(fps=fps, **options)
+    info = media.probe(path)  # validates the input before anything is written
+    classifier = classifier or default_classifier()
+    store = store or Store(db)
+    models = {"detector": f"yunet-2023mar-int8bq@{YUNET_SHA256[:12]}", "emotion": classifier.version}
+    info_d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(info).items()}
+    aid = store.create_analysis(str(path.resolve()), asdict(opts), models, info_d, file_sha256(path))
+    stage = FaceStage(classifier, opts)
+    tracker = Tracker(max_missed=opts.max_missed)
+    timings = {"decode": 0.0, "track": 0.0, "store": 0.0}
+    t_start = time.perf_counter()
+    n_frames = 0
+    buffer: list[dict] = []
+    try:
+        for frame in _frames_with_timing(media.iter_frames(path, fps=fps), timings):
+            faces = stage(frame)
+            t = time.perf_counter()
+            ids = tracker.update(faces, appearance_features(faces.crops) if len(faces) else None)
+            faces = faces.with_(track_ids=np.asarray(ids, np.int64))
+            timings["track"] += time.perf_counter() - t
+            buffer.extend(observation_rows(path.stem, frame, faces))
+            n_frames += 1
+            if len(buffer) >= opts.write_batch:
+                t = time.perf_counter()
+                store.add_observations(aid, buffer)
+                buffer = []
+                timings["store"] += time.perf_counter() - t
+            if progress:
+                progress(frame.time_s, info.duration_s)
+        t = time.perf_counter()
+        store.add_observations(aid, buffer)
+        timings["store"] += time.perf_counter() - t
+    except (MoodlensError, Exception) as e:
+        store.fail(aid, str(e))
+        if isinstance(e, MoodlensError):
+            raise
+        raise MediaError(f"{path}: analysis failed ({type(e).__name__}: {e})") from e
+    except KeyboardInterrupt:
+        store.fail(aid, "interrupted by the user", "interrupted")
+        raise
+    timings.update(stage.timings)
+    timings["total"] = time.perf_counter() - t_start
+    timings["realtime_factor"] = info.duration_s / timings["total"] if timings["total"] > 0 else None
+    store.finish(aid, n_frames, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timings.items()})
+    row = store.analysis(aid)
+    analysis = Analysis(id=aid, video=row.video, status=row.status, info=info_d, params=row.params,
+                        models=row.models, timings=row.timings, observations=store.observations(aid))
+    if out is not None:
+        from moodlens.reports.tables import export_tables
+        analysis.outputs = export_tables(Path(out), analysis.observations, models, fps)
+    return analysis
+
+
+def load_analysis(analysis_id: int, db: str = DEFAULT_DB) -> Analysis:
+    store = Store(db)
+    row = store.complete_analysis(analysis_id)
+    return Analysis(id=row.id, video=row.video, status=row.status, info=row.video_info, params=row.params,
+                    models=row.models, timings=row.timings, observations=store.observations(row.id))
+
+
+__all__ = ["Analysis", "Options", "analyze", "load_analysis", "observation_rows", "bulk"]

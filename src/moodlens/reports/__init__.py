@@ -1,0 +1,1 @@
+"""What people open: tables (CSV/JSONL), and later the HTML report and emoji video."""

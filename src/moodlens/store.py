@@ -1,0 +1,208 @@
+"""Persistence: analyses and their observation rows, SQLite by default, any SQLAlchemy URL.
+
+An analysis row is written first with status ``running``; observations are
+appended in committed batches as the video streams by (memory stays bounded);
+only the final step flips the status to ``complete``. Readers and exports only
+trust complete analyses, so a killed run can never pass for a finished one,
+and a rerun of the same video is a new analysis, never duplicated rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func,
+                        select, text, update)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from moodlens.errors import MoodlensError, NotFoundError
+from moodlens.types import EMOTIONS
+
+DEFAULT_DB = "sqlite:///moodlens.db"
+RUNNING, COMPLETE, FAILED, INTERRUPTED = "running", "complete", "failed", "interrupted"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class AnalysisRow(Base):
+    __tablename__ = "analyses"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video: Mapped[str] = mapped_column(Text)
+    video_sha256: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True, default=RUNNING)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    models: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    video_info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    observations: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ObservationRow(Base):
+    """One face in one sampled frame. Emotion columns are percentages (0-100)."""
+
+    __tablename__ = "observations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[str] = mapped_column(String(512))
+    person: Mapped[str] = mapped_column(String(255), index=True)
+    frame: Mapped[int] = mapped_column(Integer)
+    time_s: Mapped[float] = mapped_column(Float)
+    track: Mapped[int] = mapped_column(Integer)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    w: Mapped[float] = mapped_column(Float)
+    h: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    quality: Mapped[float] = mapped_column(Float)
+    neutral: Mapped[float] = mapped_column(Float)
+    happiness: Mapped[float] = mapped_column(Float)
+    surprise: Mapped[float] = mapped_column(Float)
+    sadness: Mapped[float] = mapped_column(Float)
+    anger: Mapped[float] = mapped_column(Float)
+    disgust: Mapped[float] = mapped_column(Float)
+    fear: Mapped[float] = mapped_column(Float)
+    contempt: Mapped[float] = mapped_column(Float)
+    landmarks: Mapped[list | None] = mapped_column(JSON)
+
+
+OBS_FIELDS = tuple(c.name for c in ObservationRow.__table__.columns if c.name not in ("id", "analysis_id"))
+assert set(EMOTIONS) <= set(OBS_FIELDS)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")  # readers (dashboards) never block the writer
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Store:
+    """The database behind analyses (and later collections); one per process is plenty."""
+
+    def __init__(self, url: str = DEFAULT_DB):
+        self.url = url
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine: Engine = create_engine(url)
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            Base.metadata.create_all(self.engine)
+        except (SQLAlchemyError, ImportError) as e:
+            raise MoodlensError(f"{url}: cannot open database ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- analyses -------------------------------------------------------------
+    def create_analysis(self, video: str, params: dict, models: dict, video_info: dict,
+                        video_sha256: str | None = None) -> int:
+        with self.session() as s, s.begin():
+            row = AnalysisRow(video=video, video_sha256=video_sha256, params=params, models=models,
+                              video_info=video_info, status=RUNNING, host=socket.gethostname(), pid=os.getpid())
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def add_observations(self, analysis_id: int, rows: Sequence[dict]) -> None:
+        if not rows:
+            return
+        with self.session() as s, s.begin():
+            s.execute(ObservationRow.__table__.insert(), [{"analysis_id": analysis_id, **r} for r in rows])
+
+    def set_person(self, analysis_id: int, track_to_person: dict[int, str]) -> None:
+        """Rename tracks' ids once identities are known (tracks start as anonymous)."""
+        with self.session() as s, s.begin():
+            for track, person in track_to_person.items():
+                s.execute(update(ObservationRow).where(ObservationRow.analysis_id == analysis_id,
+                                                       ObservationRow.track == track).values(person=person))
+
+    def finish(self, analysis_id: int, frames: int, timings: dict) -> None:
+        with self.session() as s, s.begin():
+            n = s.scalar(select(func.count()).where(ObservationRow.analysis_id == analysis_id))
+            s.execute(update(AnalysisRow).where(AnalysisRow.id == analysis_id).values(
+                status=COMPLETE, frames=frames, observations=n, timings=timings, finished_at=_now()))
+
+    def fail(self, analysis_id: int, error: str, status: str = FAILED) -> None:
+        with self.session() as s, s.begin():
+            s.execute(update(AnalysisRow).where(AnalysisRow.id == analysis_id).values(
+                status=status, error=error, finished_at=_now()))
+
+    def analysis(self, analysis_id: int) -> AnalysisRow:
+        with self.session() as s:
+            row = s.get(AnalysisRow, analysis_id)
+        if row is None:
+            raise NotFoundError(f"analysis {analysis_id}: no such analysis in {self.url}")
+        if row.status == RUNNING and not _alive(row.host, row.pid):
+            self.fail(analysis_id, "the process running it stopped before it finished", INTERRUPTED)
+            return self.analysis(analysis_id)
+        return row
+
+    def complete_analysis(self, analysis_id: int) -> AnalysisRow:
+        row = self.analysis(analysis_id)
+        if row.status != COMPLETE:
+            raise NotFoundError(f"analysis {analysis_id}: status is {row.status}"
+                                + (f" ({row.error})" if row.error else "") + "; only complete analyses can be exported")
+        return row
+
+    def analyses(self, limit: int = 50) -> list[AnalysisRow]:
+        with self.session() as s:
+            ids = s.scalars(select(AnalysisRow.id).order_by(AnalysisRow.id.desc()).limit(limit)).all()
+        return [self.analysis(i) for i in ids]
+
+    def observations(self, analysis_id: int) -> list[dict]:
+        with self.session() as s:
+            cols = [getattr(ObservationRow, f) for f in OBS_FIELDS]
+            result = s.execute(select(*cols).where(ObservationRow.analysis_id == analysis_id)
+                               .order_by(ObservationRow.time_s, ObservationRow.track))
+            return [dict(zip(OBS_FIELDS, r)) for r in result]
+
+    def query(self, sql: str, params: dict | None = None) -> tuple[list[str], list[tuple]]:
+        """Run read-only SQL (the seed's reporting style); returns column names and rows."""
+        with self.engine.connect() as c:
+            result = c.execute(text(sql), params or {})
+            return list(result.keys()), [tuple(r) for r in result]
+
+
+def _alive(host: str | None, pid: int | None) -> bool:
+    """Whether the recorded writer of a running analysis still exists (same host only)."""
+    if host != socket.gethostname() or pid is None:
+        return True  # cannot tell from here; trust it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def bulk(rows: Iterable[dict], size: int = 500) -> Iterable[list[dict]]:
+    batch: list[dict] = []
+    for r in rows:
+        batch.append(r)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,95 @@
+"""The command line: one-line errors for bad input, non-zero exit, database intact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import shared
+
+MOODLENS = [sys.executable, "-m", "moodlens.cli"]
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([*MOODLENS, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        s.layout = "mono"
+        for i in range(20):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 16000, i * 1024
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+def _bad_inputs(tmp: Path) -> dict[str, Path]:
+    (tmp / "dir.mp4").mkdir()
+    (tmp / "empty.mp4").write_bytes(b"")
+    (tmp / "text.mp4").write_text("this is not a video\n" * 50)
+    return {"missing": tmp / "nope.mp4", "directory": tmp / "dir.mp4", "empty": tmp / "empty.mp4",
+            "text": tmp / "text.mp4", "audio": _audio_only(tmp / "audio.m4a")}
+
+
+def test_help_has_examples():
+    r = _cli("analyze", "--help")
+    assert r.returncode == 0 and "Examples" in r.stdout and "--fps" in r.stdout
+
+
+def test_bad_inputs_get_one_line_errors_and_keep_the_database(tmp_path):
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    good = shared("video", "pyfeat", "single_face.mp4")
+    ok = _cli("analyze", good, "--fps", "1", "--db", db, "--out", tmp_path / "good", "--json")
+    assert ok.returncode == 0, ok.stderr
+    first = json.loads(ok.stdout)
+    cut = tmp_path / "truncated.mp4"
+    data = good.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 5])
+    cases = _bad_inputs(tmp_path) | {"truncated": cut}
+    for name, path in cases.items():
+        r = _cli("analyze", path, "--db", db, "--out", tmp_path / name)
+        assert r.returncode != 0, name
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and "Traceback" not in r.stderr, (name, r.stderr)
+        assert path.name in lines[0] or str(path) in " ".join(lines), (name, lines)
+        assert not (tmp_path / name / "records.csv").exists()
+    listing = _cli("analyses", "--db", db)
+    assert listing.returncode == 0
+    again = _cli("export", first["analysis_id"], "--db", db, "--out", tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again" / "records.csv").read_text() == (tmp_path / "good" / "records.csv").read_text()
+
+
+def test_unknown_analysis_id_is_a_clear_error(tmp_path):
+    r = _cli("export", "42", "--db", f"sqlite:///{tmp_path / 'm.db'}", "--out", tmp_path / "x")
+    assert r.returncode == 2 and "analysis 42" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("layout", ["folders"])
+def test_eval_emotion_reads_class_folders(tmp_path, layout):
+    ferplus = shared("ferplus", "FER2013Valid")
+    import csv
+    import shutil
+    rows = list(csv.reader(open(ferplus / "label.csv")))[:60]
+    names = ["neutral", "happy", "surprised", "sad", "angry", "disgusted", "fearful", "contempt"]
+    for r in rows:
+        votes = [int(v) for v in r[2:12]]
+        if max(range(10), key=votes.__getitem__) < 8:
+            d = tmp_path / names[max(range(8), key=votes.__getitem__)]
+            d.mkdir(exist_ok=True)
+            shutil.copy(ferplus / r[0], d / r[0])
+    out = _cli("eval", "emotion", tmp_path, "--json")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["layout"] == "folders" and rep["n"] >= 50 and rep["accuracy"] > 0.5
