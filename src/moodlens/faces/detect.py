@@ -80,7 +80,7 @@ def scales_for(shape: tuple[int, int], max_side: int = 1920, context_side: int =
 
 def detect_faces(
     image: np.ndarray,
-    threshold: float = 0.7,
+    threshold: float = 0.75,
     nms_iou: float = 0.3,
     min_size: float = 0.0,
     max_side: int = 1920,
