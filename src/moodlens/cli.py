@@ -91,8 +91,9 @@ def analyze(
         }, indent=2, default=str))
         return
     table = Table(title=f"analysis {result.id}: {video.name}", title_justify="left")
-    for col in ("id", "seen s", "obs", "calm", "happy", "surprised", "sad", "angry", "disgusted", "fear", "contempt"):
-        table.add_column(col, justify="left" if col == "id" else "right")
+    table.add_column("id", no_wrap=True, min_width=10)
+    for col in ("seen s", "obs", "calm", "happy", "surpr", "sad", "angry", "disg", "fear", "cont"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in summary:
         table.add_row(r["id"], f"{r['seconds']:.1f}", str(r["observations"]),
                       *(f"{r[c + '_mean']:.0f}" for c in ("calm", "happy", "surprised", "sad", "angry",
