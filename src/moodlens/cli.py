@@ -60,6 +60,8 @@ def progress_bar(label: str) -> Progress:
   moodlens analyze talk.mp4 --fps 4 --out results/talk --json
 
   moodlens analyze panel.mkv --db postgresql+psycopg://user@localhost/moodlens
+
+  moodlens analyze class.mp4 --collection staff --emoji-video --report
 """)
 @friendly
 def analyze(
@@ -69,17 +71,31 @@ def analyze(
                                                      "[default: moodlens-out/<video>-<analysis id>].")] = None,
     db: DbOpt = DEFAULT_DB,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
+    collection: Annotated[Optional[str], typer.Option(help="Recognise people enrolled in this collection "
+                                                           "(`moodlens faces enroll`).")] = None,
+    match_threshold: Annotated[float, typer.Option(help="0-100 match score needed to name a person.",
+                                                   min=0, max=100)] = 70.0,
+    reid: Annotated[Optional[bool], typer.Option("--reid/--no-reid", help="Give an unknown person who leaves and "
+                                                 "comes back one id (face embeddings) [default: on with --collection].")] = None,
+    emoji_video: Annotated[bool, typer.Option("--emoji-video", help="Also write emoji.mp4 (every frame, original audio).")] = False,
+    report: Annotated[bool, typer.Option("--report", help="Also write the self-contained report.html.")] = False,
+    blur_unknown: Annotated[bool, typer.Option("--blur-unknown", help="In emoji.mp4, blur unknown faces instead.")] = False,
+    keep_faces: Annotated[bool, typer.Option("--keep-faces", help="Put face thumbnails in report.html "
+                                                                  "(off by default: faces are biometric data).")] = False,
 ):
     """Find every face in sampled frames, score its emotions, track it, store and export the records."""
+    from moodlens.cli_reports import write_outputs
     from moodlens.pipeline import analyze as run
     from moodlens.reports.tables import export_tables
 
     with progress_bar("analyze") as bar:
         task = bar.add_task(video.name, total=1.0)
-        result = run(video, fps=fps, db=db, progress=lambda done, total: bar.update(
-            task, completed=min(done / total, 1.0) if total else 0))
+        result = run(video, fps=fps, db=db, collection=collection, match_threshold=match_threshold, reid=reid,
+                     progress=lambda done, total: bar.update(task, completed=min(done / total, 1.0) if total else 0))
     out = out or Path("moodlens-out") / f"{video.stem}-{result.id}"
     result.outputs = export_tables(out, result.observations, result.models, fps)
+    result.outputs.update(write_outputs(result, out, emoji_video=emoji_video, report=report,
+                                        blur_unknown=blur_unknown, keep_faces=keep_faces))
     summary = result.summary
     if as_json:
         print(json.dumps({
@@ -200,6 +216,14 @@ def train_emotion(
         train(data, out, TrainConfig(epochs=epochs, seed=seed), log=log)
     card = export(out, data, log=log)
     out_console.print(f"exported {card}")
+
+
+from moodlens.cli_faces import EVAL_IDENTITY_EPILOG, eval_identity, faces_app  # noqa: E402
+from moodlens.cli_reports import register as _register_reports  # noqa: E402
+
+app.add_typer(faces_app, name="faces")
+eval_app.command("identity", epilog=EVAL_IDENTITY_EPILOG)(eval_identity)
+_register_reports(app)
 
 
 def main() -> None:  # pragma: no cover

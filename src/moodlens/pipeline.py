@@ -40,6 +40,14 @@ class Options:
     max_side: int = 1920
     max_missed: int = 3
     write_batch: int = 500
+    collection: str | None = None  # enrolled people to recognise
+    match_threshold: float = 70.0  # 0-100, the seed's FaceMatchThreshold meaning
+    reid: bool | None = None  # merge an unknown person's tracks; None: on when a collection is given
+    faces_per_track: int = 5  # best-quality faces embedded per track
+
+    @property
+    def identity(self) -> bool:
+        return bool(self.collection) if self.reid is None else self.reid or bool(self.collection)
 
     def detect_kwargs(self) -> dict:
         kw = {"max_side": self.max_side}
@@ -166,13 +174,22 @@ def analyze(
     t_load = time.perf_counter()
     classifier = classifier or default_classifier()
     yunet_session()  # load models before the clock starts: throughput, not start-up, is timed below
-    load_s = time.perf_counter() - t_load
     store = store or Store(db)
     models = {"detector": f"yunet-2023mar-int8bq@{YUNET_SHA256[:12]}", "emotion": classifier.version}
+    gallery = None
+    if opts.collection:
+        from moodlens.collections import load_gallery
+        gallery = load_gallery(store, opts.collection)  # NotFoundError before any row is written
+    if opts.identity:
+        from moodlens.faces.identity import TrackBank, default_embedder
+        default_embedder()
+        models["identity"] = "sface-2021dec-int8bq (float32 fold)"
+    load_s = time.perf_counter() - t_load
     info_d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(info).items()}
     aid = store.create_analysis(str(path.resolve()), asdict(opts), models, info_d, file_sha256(path))
     stage = FaceStage(classifier, opts)
     tracker = Tracker(max_missed=opts.max_missed)
+    bank = TrackBank(per_track=opts.faces_per_track) if opts.identity else None
     timings = {"load_models": load_s, "decode": 0.0, "track": 0.0, "store": 0.0}
     t_start = time.perf_counter()
     n_frames = 0
@@ -184,6 +201,10 @@ def analyze(
             ids = tracker.update(faces, appearance_features(faces.crops) if len(faces) else None)
             faces = faces.with_(track_ids=np.asarray(ids, np.int64))
             timings["track"] += time.perf_counter() - t
+            if bank is not None:
+                t = time.perf_counter()
+                bank.add(frame.image, faces, frame_index=frame.index)
+                timings["identity"] = timings.get("identity", 0.0) + time.perf_counter() - t
             buffer.extend(observation_rows(path.stem, frame, faces))
             n_frames += 1
             if len(buffer) >= opts.write_batch:
@@ -196,6 +217,11 @@ def analyze(
         t = time.perf_counter()
         store.add_observations(aid, buffer)
         timings["store"] += time.perf_counter() - t
+        if bank is not None:
+            t = time.perf_counter()
+            labels = bank.resolve(gallery, threshold=opts.match_threshold)
+            store.set_person(aid, {track: name for track, (name, _) in labels.items()})
+            timings["identity"] = timings.get("identity", 0.0) + time.perf_counter() - t
     except (MoodlensError, Exception) as e:
         store.fail(aid, str(e))
         if isinstance(e, MoodlensError):

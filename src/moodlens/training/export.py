@@ -40,6 +40,26 @@ def load_ema(ckpt: dict) -> EmotionNet:
     return net.eval()
 
 
+def recalibrate_bn(net: torch.nn.Module, x: np.ndarray, batches: int = 64, batch: int = 256, seed: int = 0) -> None:
+    """Recompute BatchNorm statistics for averaged (EMA) weights, as SWA does.
+
+    An EMA of weights is not matched by an EMA of batch statistics (early,
+    near-initial weights leave stale variances behind), so the statistics are
+    measured afresh on clean training images with the final weights.
+    """
+    rng = np.random.default_rng(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+    net.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            idx = rng.choice(len(x), size=min(batch, len(x)), replace=False)
+            net(torch.from_numpy(x[idx]).float().div_(255).unsqueeze(1))
+    net.eval()
+
+
 def onnx_probs(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i : i + batch, None].astype(np.float32) / 255})[0]
@@ -61,13 +81,14 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
     cfg = ckpt["config"]
     size = cfg["size"]
     net = load_ema(ckpt)
+    arrays, template, provenance = prepare(data, run_dir, size, log)
+    recalibrate_bn(net, arrays["FER2013Train"]["x"])
     onnx_path = run_dir / "emotion.onnx"
     torch.onnx.export(_Probabilities(net), torch.zeros(1, 1, size, size), str(onnx_path), input_names=["face"],
                       output_names=["probabilities"], dynamic_axes={"face": {0: "batch"}, "probabilities": {0: "batch"}},
                       opset_version=17, dynamo=False)
     blob = onnx_path.read_bytes()
     sess = session(blob, threads=2)
-    arrays, template, provenance = prepare(data, run_dir, size, log)
     va = arrays["FER2013Valid"]
     probs = onnx_probs(sess, va["x"])
     flipped = onnx_probs(sess, va["x"][:, :, ::-1].copy())
@@ -106,6 +127,8 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
                             "Gaussian blur, gamma/contrast/brightness, sensor noise, random occlusion",
             "config": cfg,
             "epochs_completed": epochs_done,
+            "weights": "exponential moving average of the weights (decay in config), BatchNorm statistics "
+                       "recomputed on 64 x 256 clean training images",
             "history": ckpt["history"],
             "torch": torch.__version__,
             "code": "moodlens train emotion (src/moodlens/training)",

@@ -1,0 +1,227 @@
+"""``moodlens faces ...`` (enrol, list, remove, search) and ``moodlens eval identity``.
+
+Registered by ``moodlens.cli``: ``app.add_typer(faces_app, name="faces")`` and
+``eval_app.command("identity")(eval_identity)``. Self-contained (its own consoles and
+error wrapper, same behaviour as cli.py's) so that importing this module first never
+trips the circular import with cli.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from moodlens.errors import MoodlensError
+from moodlens.faces.identity import DEFAULT_MATCH_THRESHOLD
+from moodlens.store import DEFAULT_DB, Store
+
+faces_app = typer.Typer(
+    help="Face collections: enrol known people from photos, list, remove, search.",
+    no_args_is_help=True, rich_markup_mode="markdown", pretty_exceptions_enable=False,
+)
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+DbOpt = Annotated[str, typer.Option("--db", help="Database URL: SQLite file (default) or postgresql+psycopg://…")]
+CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name (e.g. a class or a panel).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def friendly(fn):
+    """Print a MoodlensError as one line on stderr and exit 2: no traceback for bad input."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MoodlensError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+@faces_app.command("enroll", epilog="""Examples:
+
+  moodlens faces enroll --collection class-3b --person alice alice1.jpg alice2.jpg
+
+  moodlens faces enroll -c class-3b --person bob photos/bob/       (every image in the folder)
+
+  moodlens faces enroll -c panel --person chair group.jpg --largest     (take the largest face)
+""")
+@friendly
+def enroll_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Photos or folders of photos of this one person.")],
+    collection: CollectionOpt,
+    person: Annotated[str, typer.Option("--person", "-p", help="The person's id, as it will appear in reports.")],
+    largest: Annotated[bool, typer.Option("--largest", help="Enrol the largest face of a photo with several.")] = False,
+    keep_faces: Annotated[bool, typer.Option("--keep-faces", help="Also store the aligned face as JPEG "
+                                                                  "(by default only its embedding and the photo's hash).")] = False,
+    db: DbOpt = DEFAULT_DB,
+    as_json: JsonOpt = False,
+):
+    """Enrol photos of one person into a collection (created if new). All or nothing: a photo
+    with no face, or several faces (without `--largest`), is refused and nothing is written."""
+    from moodlens.collections import enroll
+
+    results = enroll(Store(db), collection, person, images, largest=largest, keep_faces=keep_faces)
+    if as_json:
+        print(json.dumps([{"path": str(r.path), "person": r.person, "face_id": r.face_id, "quality": round(r.quality, 3),
+                           "box": [round(v, 1) for v in r.box], "warnings": r.warnings, "skipped": r.skipped}
+                          for r in results], indent=2))
+        return
+    for r in results:
+        verb = "skipped" if r.skipped else "enrolled"
+        out_console.print(f"{verb} {r.path} as {r.person} in {collection} (quality {r.quality:.2f})",
+                          highlight=False, soft_wrap=True)
+        for w in r.warnings:
+            err_console.print(f"[yellow]warning:[/] {r.path}: {w}", highlight=False, soft_wrap=True)
+
+
+@faces_app.command("list", epilog="""Examples:
+
+  moodlens faces list
+
+  moodlens faces list --collection class-3b --json
+""")
+@friendly
+def list_cmd(
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Only this collection.")] = None,
+    db: DbOpt = DEFAULT_DB,
+    as_json: JsonOpt = False,
+):
+    """List enrolled people and how many photos each has."""
+    from moodlens.collections import list_people
+
+    people = list_people(Store(db), collection)
+    if as_json:
+        print(json.dumps([{"collection": p.collection, "person": p.person, "faces": p.faces,
+                           "created_at": p.created_at.isoformat()} for p in people], indent=2))
+        return
+    if not people:
+        out_console.print("no one enrolled" + (f" in {collection}" if collection else ""))
+        return
+    table = Table()
+    for col in ("collection", "person", "faces", "enrolled"):
+        table.add_column(col, justify="right" if col == "faces" else "left")
+    for p in people:
+        table.add_row(p.collection, p.person, str(p.faces), p.created_at.strftime("%Y-%m-%d %H:%M"))
+    out_console.print(table)
+
+
+@faces_app.command("remove", epilog="""Examples:
+
+  moodlens faces remove --collection class-3b --person alice
+""")
+@friendly
+def remove_cmd(
+    collection: CollectionOpt,
+    person: Annotated[str, typer.Option("--person", "-p", help="The person's id.")],
+    db: DbOpt = DEFAULT_DB,
+):
+    """Remove a person and every face enrolled for them."""
+    from moodlens.collections import remove_person
+
+    n = remove_person(Store(db), collection, person)
+    out_console.print(f"removed {person} from {collection} ({n} face{'s' if n != 1 else ''})", highlight=False,
+                      soft_wrap=True)
+
+
+@faces_app.command("search", epilog="""Examples:
+
+  moodlens faces search snapshot.jpg --collection class-3b
+
+  moodlens faces search group.jpg -c class-3b -k 3 --json
+""")
+@friendly
+def search_cmd(
+    image: Annotated[Path, typer.Argument(help="A photo; every face in it is searched, largest first.")],
+    collection: CollectionOpt,
+    k: Annotated[int, typer.Option("-k", help="Best matches to show per face.", min=1)] = 5,
+    threshold: Annotated[float, typer.Option("--match-threshold", help="Score (0-100) from which a match counts.",
+                                             min=0, max=100)] = DEFAULT_MATCH_THRESHOLD,
+    db: DbOpt = DEFAULT_DB,
+    as_json: JsonOpt = False,
+):
+    """Print the best-matching enrolled people, with 0-100 scores, for each face of a photo."""
+    from moodlens.collections import search_image
+
+    found = search_image(Store(db), image, collection, k=k)
+    if as_json:
+        print(json.dumps([{"box": [round(v, 1) for v in f.box],
+                           "matches": [{"person": m.person, "score": round(m.score, 2),
+                                        "match": m.score >= threshold} for m in f.matches]} for f in found], indent=2))
+        return
+    for i, f in enumerate(found, 1):
+        x, y, w, h = f.box
+        out_console.print(f"face {i} at x={x:.0f} y={y:.0f} ({w:.0f}x{h:.0f} px)", highlight=False, soft_wrap=True)
+        table = Table()
+        for col in ("person", "score", f"≥ {threshold:g}"):
+            table.add_column(col, justify="left" if col == "person" else "right")
+        for m in f.matches:
+            table.add_row(m.person, f"{m.score:.1f}", "match" if m.score >= threshold else "")
+        out_console.print(table)
+        if not f.matches or f.matches[0].score < threshold:
+            out_console.print("  no enrolled person reaches the threshold: unknown", highlight=False)
+
+
+EVAL_IDENTITY_EPILOG = """Examples:
+
+  moodlens eval identity ../shared/data/identity/bbt --enrol 4
+
+  moodlens eval identity ../shared/data/identity/deepface_unit --json
+
+  moodlens eval identity people/ --enrol 1 --strangers 5     (people/<person>/*.jpg; 5 people held out)
+"""
+
+
+@friendly
+def eval_identity(
+    data: Annotated[Path, typer.Argument(help="Folder of person folders, or a folder with identity_clusters.csv "
+                                              "(image, identity).")],
+    enrol: Annotated[int, typer.Option("--enrol", help="Photos enrolled per person (the rest are probes).", min=1)] = 2,
+    as_json: JsonOpt = False,
+    strangers: Annotated[float, typer.Option(help="People held out as strangers: a fraction (< 1) or a count.",
+                                             min=0)] = 0.25,
+    repeats: Annotated[int, typer.Option(help="Random splits pooled.", min=1)] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the splits.")] = 0,
+    threshold: Annotated[float, typer.Option("--match-threshold", help="Score (0-100) for stranger rejection.",
+                                             min=0, max=100)] = DEFAULT_MATCH_THRESHOLD,
+):
+    """Rank-1 accuracy, TAR at FAR = 1e-3 and stranger rejection of face identification on a labelled set."""
+    from moodlens.evaluation.identity import evaluate_identity
+
+    n_strangers: float | int = strangers if strangers < 1 else int(strangers)
+    report = evaluate_identity(data, enrol_k=enrol, strangers=n_strangers, seed=seed, threshold=threshold,
+                               repeats=repeats)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    fmt = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731
+    out_console.print(f"[bold]{data}[/] ({report['layout']}): {report['people']} people, {report['images']} photos"
+                      f"{', ' + str(len(report['no_face'])) + ' without a face' if report['no_face'] else ''}; "
+                      f"enrol {enrol}, {report['strangers_per_split']} strangers a split, {report['repeats']} splits",
+                      highlight=False, soft_wrap=True)
+    table = Table(title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("over", justify="right")
+    table.add_row("rank-1 accuracy", fmt(report["rank1"]), f"{report['probes_known']} known probes")
+    table.add_row("TAR at FAR=1e-3", fmt(report["tar_at_far_1e-3"]),
+                  f"{report['genuine_pairs']} genuine / {report['impostor_pairs']} impostor pairs "
+                  f"(score > {report['far_1e-3_score']:.1f})")
+    table.add_row(f"stranger rejection at {threshold:g}", fmt(report["stranger_rejection"]),
+                  f"{report['probes_stranger']} stranger probes")
+    table.add_row(f"known accepted at {threshold:g}", fmt(report["known_accept_at_threshold"]),
+                  f"{report['probes_known']} known probes")
+    table.add_row(f"pairwise FMR at {threshold:g}", fmt(report["fmr_at_threshold"]), "impostor pairs")
+    table.add_row(f"pairwise FNMR at {threshold:g}", fmt(report["fnmr_at_threshold"]), "genuine pairs")
+    out_console.print(table)
