@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from moodlens.cli_common import DbOpt, err_console, friendly, out_console, progress_bar
 from moodlens.errors import MoodlensError
 from moodlens.store import DEFAULT_DB
 
@@ -24,34 +22,6 @@ eval_app = typer.Typer(help="Measure moodlens's models on a labelled dataset.", 
 train_app = typer.Typer(help="Train moodlens's own models (needs the `[train]` extra).", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")
-
-out_console = Console()
-err_console = Console(stderr=True)
-
-DbOpt = Annotated[str, typer.Option("--db", help="Database URL: SQLite file (default) or postgresql+psycopg://…")]
-
-
-def friendly(fn):
-    """Print a MoodlensError as one line on stderr and exit 2: no traceback for bad input."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MoodlensError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
-    return wrapper
-
-
-def progress_bar(label: str) -> Progress:
-    """A Rich bar on a terminal; silent when stderr is piped or redirected."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                    disable=not err_console.is_terminal, transient=True)
-
 
 @app.command(epilog="""Examples:
 
@@ -88,7 +58,7 @@ def analyze(
     from moodlens.pipeline import analyze as run
     from moodlens.reports.tables import export_tables
 
-    with progress_bar("analyze") as bar:
+    with progress_bar() as bar:
         task = bar.add_task(video.name, total=1.0)
         result = run(video, fps=fps, db=db, collection=collection, match_threshold=match_threshold, reid=reid,
                      progress=lambda done, total: bar.update(task, completed=min(done / total, 1.0) if total else 0))
@@ -167,7 +137,7 @@ def eval_emotion(
     """Accuracy, per-class recall, confusion matrix and calibration error (ECE) of the emotion model."""
     from moodlens.evaluation.emotion import evaluate_dataset
 
-    with progress_bar("eval") as bar:
+    with progress_bar() as bar:
         task = bar.add_task(data.name, total=None)
         report = evaluate_dataset(data, limit=limit, progress=lambda i, n: bar.update(task, completed=i, total=n))
     if as_json:

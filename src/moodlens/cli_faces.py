@@ -1,23 +1,19 @@
 """``moodlens faces ...`` (enrol, list, remove, search) and ``moodlens eval identity``.
 
 Registered by ``moodlens.cli``: ``app.add_typer(faces_app, name="faces")`` and
-``eval_app.command("identity")(eval_identity)``. Self-contained (its own consoles and
-error wrapper, same behaviour as cli.py's) so that importing this module first never
-trips the circular import with cli.py.
+``eval_app.command("identity")(eval_identity)``. Shared pieces come from ``cli_common``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from moodlens.errors import MoodlensError
+from moodlens.cli_common import DbOpt, err_console, friendly, out_console
 from moodlens.faces.identity import DEFAULT_MATCH_THRESHOLD
 from moodlens.store import DEFAULT_DB, Store
 
@@ -26,27 +22,8 @@ faces_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="markdown", pretty_exceptions_enable=False,
 )
 
-out_console = Console()
-err_console = Console(stderr=True)
-
-DbOpt = Annotated[str, typer.Option("--db", help="Database URL: SQLite file (default) or postgresql+psycopg://…")]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name (e.g. a class or a panel).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-
-
-def friendly(fn):
-    """Print a MoodlensError as one line on stderr and exit 2: no traceback for bad input."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MoodlensError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
-    return wrapper
 
 
 @faces_app.command("enroll", epilog="""Examples:

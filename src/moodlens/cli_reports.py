@@ -2,15 +2,12 @@
 ``moodlens analyze --emoji-video --report`` adds.
 
 Registered by ``moodlens.cli`` with :func:`register` (``register(app)``), and ``analyze``
-calls :func:`write_outputs` after the tables. Self-contained (its own consoles and error
-wrapper, the same behaviour as cli.py's) so that importing it never trips a circular
-import with cli.py. ``app`` here holds the same three commands for tests.
+calls :func:`write_outputs` after the tables. Shared pieces come from ``cli_common``. ``app`` here holds the same three commands for tests.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import re
 import sys
@@ -18,41 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from moodlens.cli_common import DbOpt, err_console, friendly, out_console, progress_bar
 from moodlens.errors import MediaError, MoodlensError
 from moodlens.store import DEFAULT_DB
 
 app = typer.Typer(help="Reports from stored analyses.", no_args_is_help=True, rich_markup_mode="markdown",
                   pretty_exceptions_enable=False)
-out_console = Console()
-err_console = Console(stderr=True)
-
-DbOpt = Annotated[str, typer.Option("--db", help="Database URL: SQLite file (default) or postgresql+psycopg://…")]
-
-
-def friendly(fn):
-    """Print a MoodlensError as one line on stderr and exit 2: no traceback for bad input."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MoodlensError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
-    return wrapper
-
-
-def _bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                    disable=not err_console.is_terminal, transient=True)
-
 
 def default_out(analysis) -> Path:
     """``moodlens-out/<video stem>-<analysis id>``, as ``analyze`` uses."""
@@ -68,7 +38,7 @@ def render_analysis(analysis, out: Path, blur_unknown: bool = False, label: str 
     if not video.is_file():
         raise MediaError(f"{video}: the analysed video is no longer there; cannot render analysis {analysis.id}")
     fps = (analysis.params or {}).get("fps")
-    with _bar() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(label, total=1.0)
         return render_emoji_video(video, analysis.observations, out, blur_unknown=blur_unknown,
                                   sample_interval_s=1.0 / fps if fps else None,

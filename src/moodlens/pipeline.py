@@ -9,7 +9,8 @@ today, a process pool or Ray later) can run it anywhere and give the same rows.
 
 from __future__ import annotations
 
-import hashlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,7 +25,7 @@ from moodlens.faces.detect import detect_faces
 from moodlens.faces.emotion import EmotionClassifier, default_classifier
 from moodlens.faces.quality import quality as face_quality
 from moodlens.faces.track import Tracker, appearance_features
-from moodlens.models import YUNET_SHA256, yunet_session
+from moodlens.models import YUNET_SHA256, sha256_file, yunet_session
 from moodlens.store import DEFAULT_DB, Store, bulk
 from moodlens.types import EMOTIONS, Faces, Frame
 
@@ -130,24 +131,50 @@ def observation_rows(stem: str, frame: Frame, faces: Faces) -> list[dict]:
     return rows
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def prefetch(frames: Iterator[Frame], timings: dict, depth: int = 3) -> Iterator[Frame]:
+    """Decode in a background thread, ``depth`` frames ahead (memory stays bounded).
 
+    FFmpeg and ONNX Runtime both release the GIL, so decoding the next frame
+    overlaps with detecting faces in this one. ``timings['decode']`` is the
+    decoder's own busy time; errors surface here, in order, as if not threaded.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
 
-def _frames_with_timing(frames: Iterator[Frame], timings: dict) -> Iterator[Frame]:
-    while True:
-        t = time.perf_counter()
+    def work() -> None:
         try:
-            frame = next(frames)
-        except StopIteration:
-            timings["decode"] += time.perf_counter() - t
+            while not stop.is_set():
+                t = time.perf_counter()
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                finally:
+                    timings["decode"] += time.perf_counter() - t
+                q.put(frame)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
             return
-        timings["decode"] += time.perf_counter() - t
-        yield frame
+        q.put(done)
+
+    thread = threading.Thread(target=work, name="moodlens-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
 
 
 def analyze(
@@ -186,7 +213,7 @@ def analyze(
         models["identity"] = "sface-2021dec-int8bq (float32 fold)"
     load_s = time.perf_counter() - t_load
     info_d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(info).items()}
-    aid = store.create_analysis(str(path.resolve()), asdict(opts), models, info_d, file_sha256(path))
+    aid = store.create_analysis(str(path.resolve()), asdict(opts), models, info_d, sha256_file(path))
     stage = FaceStage(classifier, opts)
     tracker = Tracker(max_missed=opts.max_missed)
     bank = TrackBank(per_track=opts.faces_per_track) if opts.identity else None
@@ -195,7 +222,7 @@ def analyze(
     n_frames = 0
     buffer: list[dict] = []
     try:
-        for frame in _frames_with_timing(media.iter_frames(path, fps=fps), timings):
+        for frame in prefetch(media.iter_frames(path, fps=fps), timings):
             faces = stage(frame)
             t = time.perf_counter()
             ids = tracker.update(faces, appearance_features(faces.crops) if len(faces) else None)

