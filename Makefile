@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	@if [ -f "$(SAMPLE)" ]; then \
-		$(BIN)/moodlens analyze "$(SAMPLE)" --out $(OUT) --db sqlite:///$(OUT)/moodlens.db; \
+		$(BIN)/moodlens analyze "$(SAMPLE)" --out $(OUT) --db sqlite:///$(OUT)/moodlens.db --emoji-video --report; \
 	else \
 		echo "Sample clip $(SAMPLE) not found. Run: make demo SAMPLE=/path/to/your/video.mp4"; exit 2; \
 	fi

@@ -169,7 +169,7 @@ def eval_emotion(
 def train_emotion(
     data: Annotated[Path, typer.Option(help="FER+ root with FER2013Train/ and FER2013Valid/.")],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, logs, exported ONNX and card.")],
-    epochs: Annotated[int, typer.Option(help="Total epochs of the cosine schedule.")] = 30,
+    epochs: Annotated[int, typer.Option(help="Total epochs of the cosine schedule.")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed (data order, augmentation, init).")] = 20261122,
     export_only: Annotated[bool, typer.Option("--export-only", help="Only export the latest checkpoint.")] = False,
 ):

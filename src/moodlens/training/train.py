@@ -29,10 +29,10 @@ from moodlens.training.net import EmotionNet
 @dataclass
 class TrainConfig:
     size: int = 48
-    widths: tuple[int, ...] = (24, 48, 96, 192)
-    depths: tuple[int, ...] = (1, 1, 2)
+    widths: tuple[int, ...] = (32, 64, 128, 192)
+    depths: tuple[int, ...] = (2, 2, 2)
     dropout: float = 0.3
-    epochs: int = 30
+    epochs: int = 60
     batch: int = 128
     lr: float = 0.1
     weight_decay: float = 5e-4
@@ -40,6 +40,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 20261122
     threads: int = 2
+    bf16: bool = True  # bfloat16 autocast: about 2.5x faster on CPUs with AMX / AVX512-BF16
     extra: dict = field(default_factory=dict)
 
 
@@ -80,6 +81,12 @@ def prepare(data: Path, out: Path, size: int, log=print):
     return arrays, template, provenance
 
 
+def _bf16_ok() -> bool:
+    """bfloat16 autocast only pays off where the CPU computes it natively."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def evaluate(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
     model.eval()
     out = []
@@ -101,7 +108,9 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = EmotionNet(cfg.widths, cfg.depths, dropout=cfg.dropout)
+    model = EmotionNet(cfg.widths, cfg.depths, dropout=cfg.dropout).to(memory_format=torch.channels_last)
+    bf16 = cfg.bf16 and _bf16_ok()
+    log(f"precision: {'bfloat16 autocast' if bf16 else 'float32'}")
     ema = torch.optim.swa_utils.AveragedModel(model, use_buffers=True, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
@@ -130,16 +139,20 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
             for g_ in opt.param_groups:
                 g_["lr"] = _lr(cfg, epoch * steps + i, steps)
             idx = perm[i * cfg.batch : (i + 1) * cfg.batch]
-            xb = augment(x_all[idx].float().div_(255).unsqueeze(1), gen)
-            loss = -(d_all[idx] * F.log_softmax(model(xb), 1)).sum(1).mean()
+            xb = augment(x_all[idx].float().div_(255).unsqueeze(1), gen).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(xb)
+            loss = -(d_all[idx] * F.log_softmax(logits.float(), 1)).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             ema.update_parameters(model)
             tot += loss.item()
-        probs = evaluate(ema.module, va["x"])
-        acc = float((probs.argmax(1) == va["y"]).mean())
-        history.append({"epoch": epoch, "loss": tot / steps, "valid_acc_ema": acc, "seconds": time.time() - t0})
+        # The EMA lags the live weights by ~1/(1 - decay) steps, so early epochs show both.
+        acc = float((evaluate(ema.module, va["x"]).argmax(1) == va["y"]).mean())
+        acc_live = float((evaluate(model, va["x"]).argmax(1) == va["y"]).mean())
+        history.append({"epoch": epoch, "loss": tot / steps, "valid_acc_ema": acc, "valid_acc": acc_live,
+                        "seconds": time.time() - t0})
         log(json.dumps(history[-1]))
         _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                       "gen": gen.get_state(), "epoch": epoch, "history": history, "config": asdict(cfg),
