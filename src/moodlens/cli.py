@@ -164,6 +164,8 @@ def eval_emotion(
   moodlens train emotion --data ../shared/data/ferplus --out runs/emotion
 
   moodlens train emotion --data ../shared/data/ferplus --out runs/emotion --epochs 40   (resumes if a checkpoint exists)
+
+  moodlens train emotion --data ../shared/data/ferplus --out runs/emotion2 --init runs/emotion/checkpoint.pt --lr 0.03 --epochs 30   (a second cycle from a finished run)
 """)
 @friendly
 def train_emotion(
@@ -172,6 +174,9 @@ def train_emotion(
     epochs: Annotated[int, typer.Option(help="Total epochs of the cosine schedule.")] = 60,
     seed: Annotated[int, typer.Option(help="Random seed (data order, augmentation, init).")] = 20261122,
     export_only: Annotated[bool, typer.Option("--export-only", help="Only export the latest checkpoint.")] = False,
+    init: Annotated[Optional[Path], typer.Option(help="Warm start from a finished run's checkpoint.pt (its EMA weights), "
+                                                      "then a fresh schedule.")] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine schedule).")] = 0.1,
 ):
     """Train the FER+ emotion model (seeded, resumable), then export ONNX + model card."""
     try:
@@ -183,7 +188,11 @@ def train_emotion(
         raise MoodlensError(f"{data}: not a FER+ root (expected FER2013Train/label.csv)")
     log = lambda m: err_console.print(m, highlight=False)  # noqa: E731
     if not export_only:
-        train(data, out, TrainConfig(epochs=epochs, seed=seed), log=log)
+        from moodlens.models import sha256_file
+
+        init_sha = sha256_file(init) if init else None
+        train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None,
+                                     init_sha256=init_sha), log=log)
     card = export(out, data, log=log)
     out_console.print(f"exported {card}")
 

@@ -98,9 +98,15 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
     report["annotator_agreement"] = float((va["dist"][np.arange(len(probs)), probs.argmax(1)]).mean())
     speed = ms_per_face(sess, size)
     epochs_done = ckpt["epoch"] + 1
+    warm_start = None
+    if cfg.get("init"):  # a second cycle: keep the first run's record in the card
+        parent = torch.load(cfg["init"], weights_only=False)
+        warm_start = {"checkpoint_sha256": cfg.get("init_sha256"), "config": parent["config"],
+                      "epochs_completed": parent["epoch"] + 1, "history": parent["history"]}
     card = {
         "name": name,
-        "version": f"{dt.date.today().isoformat()}-e{epochs_done}",
+        "version": f"{dt.date.today().isoformat()}-e"
+                   + (f"{warm_start['epochs_completed']}+{epochs_done}" if warm_start else f"{epochs_done}"),
         "file": "emotion.onnx",
         "sha256": hashlib.sha256(blob).hexdigest(),
         "bytes": len(blob),
@@ -130,6 +136,7 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
             "weights": "exponential moving average of the weights (decay in config), BatchNorm statistics "
                        "recomputed on 64 x 256 clean training images",
             "history": ckpt["history"],
+            "warm_start_from": warm_start,
             "torch": torch.__version__,
             "code": "moodlens train emotion (src/moodlens/training)",
         },
