@@ -100,13 +100,15 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
     epochs_done = ckpt["epoch"] + 1
     warm_start = None
     if cfg.get("init"):  # a second cycle: keep the first run's record in the card
-        parent = torch.load(cfg["init"], weights_only=False)
-        warm_start = {"checkpoint_sha256": cfg.get("init_sha256"), "config": parent["config"],
-                      "epochs_completed": parent["epoch"] + 1, "history": parent["history"]}
+        warm_start = {"checkpoint": cfg["init"], "checkpoint_sha256": cfg.get("init_sha256")}
+        if Path(cfg["init"]).is_file():
+            parent = torch.load(cfg["init"], weights_only=False)
+            warm_start.update(config=parent["config"], epochs_completed=parent["epoch"] + 1,
+                              history=parent["history"])
     card = {
         "name": name,
         "version": f"{dt.date.today().isoformat()}-e"
-                   + (f"{warm_start['epochs_completed']}+{epochs_done}" if warm_start else f"{epochs_done}"),
+                   + (f"{warm_start.get('epochs_completed', '?')}+{epochs_done}" if warm_start else f"{epochs_done}"),
         "file": "emotion.onnx",
         "sha256": hashlib.sha256(blob).hexdigest(),
         "bytes": len(blob),
