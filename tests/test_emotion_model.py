@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 
@@ -14,6 +13,7 @@ import moodlens
 from moodlens.errors import ModelError
 from moodlens.faces.emotion import EmotionClassifier
 from moodlens.models import ModelCard, default_emotion_card, packaged_dir, sha256_file
+from moodlens.training.ferplus import read_labels
 from moodlens.types import EMOTIONS
 
 from conftest import shared
@@ -55,18 +55,10 @@ def test_classify_emotions_returns_one_distribution_per_crop():
 
 def _ferplus_valid(n: int):
     root = shared("ferplus", "FER2013Valid")
-    crops, labels = [], []
-    for row in csv.reader(open(root / "label.csv")):
-        if not row or not row[0].endswith(".png"):
-            continue
-        votes = [int(v) for v in row[2:12]]
-        if max(range(10), key=votes.__getitem__) >= 8:  # majority unknown / not a face
-            continue
-        crops.append(cv2.imread(str(root / row[0]), cv2.IMREAD_GRAYSCALE))
-        labels.append(max(range(8), key=votes.__getitem__))
-        if len(crops) == n:
-            break
-    return crops, np.asarray(labels)
+    files, votes = read_labels(root)
+    keep = np.flatnonzero(votes.argmax(1) < 8)[:n]  # majority unknown / not a face excluded
+    crops = [cv2.imread(str(root / files[i]), cv2.IMREAD_GRAYSCALE) for i in keep]
+    return crops, votes[keep, :8].argmax(1)
 
 
 def test_accuracy_and_flip_stability_on_ferplus_valid():

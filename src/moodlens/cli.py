@@ -188,11 +188,7 @@ def train_emotion(
         raise MoodlensError(f"{data}: not a FER+ root (expected FER2013Train/label.csv)")
     log = lambda m: err_console.print(m, highlight=False)  # noqa: E731
     if not export_only:
-        from moodlens.models import sha256_file
-
-        init_sha = sha256_file(init) if init else None
-        train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None,
-                                     init_sha256=init_sha), log=log)
+        train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None), log=log)
     card = export(out, data, log=log)
     out_console.print(f"exported {card}")
 

@@ -19,7 +19,7 @@ import torch
 from moodlens.metrics import classification_report
 from moodlens.models import session
 from moodlens.training.net import EmotionNet
-from moodlens.training.train import TrainConfig, prepare
+from moodlens.training.train import TrainConfig, ema_weights, prepare
 from moodlens.types import EMOTIONS
 
 
@@ -35,8 +35,7 @@ class _Probabilities(torch.nn.Module):
 def load_ema(ckpt: dict) -> EmotionNet:
     cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
     net = EmotionNet(tuple(cfg.widths), tuple(cfg.depths), dropout=cfg.dropout)
-    state = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-    net.load_state_dict(state)
+    net.load_state_dict(ema_weights(ckpt))
     return net.eval()
 
 

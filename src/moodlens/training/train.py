@@ -14,13 +14,14 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from moodlens.models import sha256_file
 from moodlens.training.augment import augment
 from moodlens.training.ferplus import aligned_images, load_split, mean_template
 from moodlens.training.net import EmotionNet
@@ -89,6 +90,11 @@ def _bf16_ok() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def ema_weights(ckpt: dict) -> dict:
+    """The EMA model's state dict from a training checkpoint (AveragedModel keys unwrapped)."""
+    return {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+
+
 def evaluate(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
     model.eval()
     out = []
@@ -103,6 +109,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
     """Train (or resume) into ``out``; returns the checkpoint path."""
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
+    if cfg.init and cfg.init_sha256 is None:
+        cfg = replace(cfg, init_sha256=sha256_file(Path(cfg.init)))
     arrays, template, provenance = prepare(data, out, cfg.size, log)
     (out / "config.json").write_text(json.dumps(
         {"config": asdict(cfg), "template": template.tolist(), "data": provenance, "torch": torch.__version__}, indent=2))
@@ -124,10 +132,9 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
     start_epoch, history = 0, []
     if cfg.init and not ckpt_path.exists():
         # A second cosine cycle from a finished run (a warm restart, as in SGDR).
+        # The EMA copies these weights at its first update.
         init = torch.load(cfg.init, weights_only=False)
-        state = {k.removeprefix("module."): v for k, v in init["ema"].items() if k.startswith("module.")}
-        model.load_state_dict(state)
-        ema.module.load_state_dict(state)
+        model.load_state_dict(ema_weights(init))
         log(f"warm start from {cfg.init} (epoch {init['epoch'] + 1} of its run)")
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False)
