@@ -166,6 +166,8 @@ def eval_emotion(
   moodlens train emotion --data ../shared/data/ferplus --out runs/emotion --epochs 40   (resumes if a checkpoint exists)
 
   moodlens train emotion --data ../shared/data/ferplus --out runs/emotion2 --init runs/emotion/checkpoint.pt --lr 0.03 --epochs 30   (a second cycle from a finished run)
+
+  moodlens train emotion --data ../shared/data/ferplus --out runs/emotion3 --widths 32,64,128,256 --teacher runs/emotion/checkpoint.pt --teacher runs/emotion2/checkpoint.pt   (a wider student distilled from finished runs)
 """)
 @friendly
 def train_emotion(
@@ -177,6 +179,11 @@ def train_emotion(
     init: Annotated[Optional[Path], typer.Option(help="Warm start from a finished run's checkpoint.pt (its EMA weights), "
                                                       "then a fresh schedule.")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine schedule).")] = 0.1,
+    widths: Annotated[str, typer.Option(help="Channels of the stem and the three residual stages.")] = "32,64,128,192",
+    depths: Annotated[str, typer.Option(help="Residual blocks per stage.")] = "2,2,2",
+    teacher: Annotated[Optional[list[Path]], typer.Option(help="A finished run's checkpoint.pt whose predictions "
+                                                                "soften the targets (repeat for an ensemble).")] = None,
+    teacher_weight: Annotated[float, typer.Option(help="Share of the teachers in the targets (the rest: votes).")] = 0.5,
 ):
     """Train the FER+ emotion model (seeded, resumable), then export ONNX + model card."""
     try:
@@ -188,7 +195,17 @@ def train_emotion(
         raise MoodlensError(f"{data}: not a FER+ root (expected FER2013Train/label.csv)")
     log = lambda m: err_console.print(m, highlight=False)  # noqa: E731
     if not export_only:
-        train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None), log=log)
+        try:
+            shape = dict(widths=tuple(int(v) for v in widths.split(",")), depths=tuple(int(v) for v in depths.split(",")))
+        except ValueError as e:
+            raise MoodlensError(f"--widths / --depths: comma-separated integers expected ({e})") from e
+        if len(shape["widths"]) != len(shape["depths"]) + 1:
+            raise MoodlensError("--widths needs one more entry than --depths (the stem)")
+        for t in (teacher or []) + ([init] if init else []):
+            if not t.is_file():
+                raise MoodlensError(f"{t}: no such checkpoint")
+        train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None, **shape,
+                                     teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight), log=log)
     card = export(out, data, log=log)
     out_console.print(f"exported {card}")
 

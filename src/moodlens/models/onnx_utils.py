@@ -68,3 +68,29 @@ def make_dynamic_input(model: onnx.ModelProto, dims: dict[int, str]) -> onnx.Mod
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")
     return model
+
+
+def store_weights_float16(model: onnx.ModelProto, min_elements: int = 1024) -> onnx.ModelProto:
+    """Return a copy whose large float32 weights are stored as float16, cast back at load.
+
+    Halves the file while the graph still computes in float32: ONNX Runtime folds
+    each constant Cast into a float32 initializer when the session is built, so
+    inference speed is unchanged and only the weights' rounding (about 3 decimal
+    digits) differs. Small tensors (biases, norms) stay float32.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    casts, inits = [], []
+    for init in g.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and int(np.prod(init.dims)) >= min_elements:
+            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name + "_fp16")
+            inits.append(half)
+            casts.append(onnx.helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT))
+        else:
+            inits.append(init)
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    nodes = casts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return model

@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from moodlens.metrics import classification_report
 from moodlens.models import session
+from moodlens.models.onnx_utils import store_weights_float16
 from moodlens.training.net import EmotionNet
 from moodlens.training.train import TrainConfig, ema_weights, prepare
 from moodlens.types import EMOTIONS
@@ -86,7 +88,8 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
     torch.onnx.export(_Probabilities(net), torch.zeros(1, 1, size, size), str(onnx_path), input_names=["face"],
                       output_names=["probabilities"], dynamic_axes={"face": {0: "batch"}, "probabilities": {0: "batch"}},
                       opset_version=17, dynamo=False)
-    blob = onnx_path.read_bytes()
+    blob = store_weights_float16(onnx.load(str(onnx_path))).SerializeToString()
+    onnx_path.write_bytes(blob)
     sess = session(blob, threads=2)
     va = arrays["FER2013Valid"]
     probs = onnx_probs(sess, va["x"])
@@ -125,6 +128,8 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
                              "enlargement, then aligned like any face; 3.3 % with no landmarks are used as they are",
         },
         "output": "probabilities over `classes` (softmax in the graph)",
+        "weights_storage": "float16 in the file (weight tensors of 1,024+ elements), cast to float32 at load; "
+                           "computation is float32",
         "training": {
             "data": "FER+ (Microsoft FER+ votes, MIT) on FER2013 images (research use); FER2013Train only",
             "provenance": provenance,
@@ -138,6 +143,8 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
                        "recomputed on 64 x 256 clean training images",
             "history": ckpt["history"],
             "warm_start_from": warm_start,
+            "distilled_from": [{"checkpoint": t, "checkpoint_sha256": h} for t, h in
+                               zip(cfg.get("teachers") or (), cfg.get("teacher_sha256") or ())],
             "torch": torch.__version__,
             "code": "moodlens train emotion (src/moodlens/training)",
         },
