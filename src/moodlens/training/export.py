@@ -109,8 +109,11 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
                               history=parent["history"])
     card = {
         "name": name,
+        # date, epochs (first+second cycle), "kd" when distilled, and the file's hash: unique per file,
+        # since analyses record the model version they ran with
         "version": f"{dt.date.today().isoformat()}-e"
-                   + (f"{warm_start.get('epochs_completed', '?')}+{epochs_done}" if warm_start else f"{epochs_done}"),
+                   + (f"{warm_start.get('epochs_completed', '?')}+{epochs_done}" if warm_start else f"{epochs_done}")
+                   + ("-kd" if cfg.get("teachers") else "") + f"-{hashlib.sha256(blob).hexdigest()[:8]}",
         "file": "emotion.onnx",
         "sha256": hashlib.sha256(blob).hexdigest(),
         "bytes": len(blob),
