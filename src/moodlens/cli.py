@@ -168,6 +168,8 @@ def eval_emotion(
   moodlens train emotion --data ../shared/data/ferplus --out runs/emotion2 --init runs/emotion/checkpoint.pt --lr 0.03 --epochs 30   (a second cycle from a finished run)
 
   moodlens train emotion --data ../shared/data/ferplus --out runs/emotion3 --widths 32,64,128,256 --teacher runs/emotion/checkpoint.pt --teacher runs/emotion2/checkpoint.pt   (a wider student distilled from finished runs)
+
+  moodlens train emotion --data ../shared/data/ferplus --out runs/gpu --device cuda   (on a GPU; checkpoints load on a CPU machine too)
 """)
 @friendly
 def train_emotion(
@@ -184,6 +186,7 @@ def train_emotion(
     teacher: Annotated[Optional[list[Path]], typer.Option(help="A finished run's checkpoint.pt whose predictions "
                                                                 "soften the targets (repeat for an ensemble).")] = None,
     teacher_weight: Annotated[float, typer.Option(help="Share of the teachers in the targets (the rest: votes).")] = 0.5,
+    device: Annotated[str, typer.Option(help="cpu, cuda (cuda:N) or auto: a GPU when PyTorch sees one.")] = "auto",
 ):
     """Train the FER+ emotion model (seeded, resumable), then export ONNX + model card."""
     try:
@@ -204,7 +207,15 @@ def train_emotion(
         for t in (teacher or []) + ([init] if init else []):
             if not t.is_file():
                 raise MoodlensError(f"{t}: no such checkpoint")
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise MoodlensError(f"--device {device}: PyTorch sees no CUDA GPU here (torch {torch.__version__}); "
+                                "use --device cpu")
+        if device not in ("auto", "cpu") and not device.startswith("cuda"):
+            raise MoodlensError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
         train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None, **shape,
+                                     device=device,
                                      teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight), log=log)
     card = export(out, data, log=log)
     out_console.print(f"exported {card}")

@@ -78,7 +78,7 @@ def ms_per_face(sess, size: int, batch: int = 32, repeats: int = 30) -> float:
 
 
 def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion") -> Path:
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False, map_location="cpu")
     cfg = ckpt["config"]
     size = cfg["size"]
     net = load_ema(ckpt)
@@ -104,7 +104,7 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
     if cfg.get("init"):  # a second cycle: keep the first run's record in the card
         warm_start = {"checkpoint": cfg["init"], "checkpoint_sha256": cfg.get("init_sha256")}
         if Path(cfg["init"]).is_file():
-            parent = torch.load(cfg["init"], weights_only=False)
+            parent = torch.load(cfg["init"], weights_only=False, map_location="cpu")
             warm_start.update(config=parent["config"], epochs_completed=parent["epoch"] + 1,
                               history=parent["history"])
     card = {

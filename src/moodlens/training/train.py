@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 20261122
     threads: int = 2
     bf16: bool = True  # bfloat16 autocast: about 2.5x faster on CPUs with AMX / AVX512-BF16
+    device: str = "auto"  # "cpu", "cuda" or "auto" (a GPU when PyTorch sees one)
     init: str | None = None  # warm start: a finished run's checkpoint (EMA weights), then a fresh schedule
     init_sha256: str | None = None  # recorded hash of that checkpoint, for provenance
     teachers: tuple[str, ...] = ()  # finished runs' checkpoints whose averaged predictions soften the targets
@@ -87,8 +88,16 @@ def prepare(data: Path, out: Path, size: int, log=print):
     return arrays, template, provenance
 
 
-def _bf16_ok() -> bool:
-    """bfloat16 autocast only pays off where the CPU computes it natively."""
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _bf16_ok(device: torch.device) -> bool:
+    """bfloat16 autocast only pays off where the hardware computes it natively."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
@@ -100,15 +109,16 @@ def ema_weights(ckpt: dict) -> dict:
 
 def evaluate(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
     model.eval()
+    dev = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            xb = torch.from_numpy(x[i : i + batch]).float().div_(255).unsqueeze(1)
-            out.append(torch.softmax(model(xb), 1).numpy())
+            xb = torch.from_numpy(x[i : i + batch]).to(dev).float().div_(255).unsqueeze(1)
+            out.append(torch.softmax(model(xb), 1).cpu().numpy())
     return np.concatenate(out)
 
 
-def teacher_targets(paths: tuple[str, ...], x: np.ndarray) -> np.ndarray:
+def teacher_targets(paths: tuple[str, ...], x: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
     """Mean probabilities of finished runs (EMA weights, each image and its mirror) on ``x``.
 
     Knowledge distillation (Hinton et al. 2015; "born-again" students, Furlanello
@@ -118,10 +128,11 @@ def teacher_targets(paths: tuple[str, ...], x: np.ndarray) -> np.ndarray:
     """
     total = np.zeros((len(x), 8), np.float32)
     for path in paths:
-        ck = torch.load(path, weights_only=False)
+        ck = torch.load(path, weights_only=False, map_location="cpu")
         c = ck["config"]
         net = EmotionNet(tuple(c["widths"]), tuple(c["depths"]), dropout=c["dropout"])
         net.load_state_dict(ema_weights(ck))
+        net.to(device)
         total += evaluate(net, x) + evaluate(net, np.ascontiguousarray(x[:, :, ::-1]))
     return total / (2 * len(paths))
 
@@ -141,9 +152,11 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = EmotionNet(cfg.widths, cfg.depths, dropout=cfg.dropout).to(memory_format=torch.channels_last)
-    bf16 = cfg.bf16 and _bf16_ok()
-    log(f"precision: {'bfloat16 autocast' if bf16 else 'float32'}")
+    device = resolve_device(cfg.device)
+    model = EmotionNet(cfg.widths, cfg.depths, dropout=cfg.dropout).to(device, memory_format=torch.channels_last)
+    bf16 = cfg.bf16 and _bf16_ok(device)
+    log(f"device: {device}, precision: {'bfloat16 autocast' if bf16 else 'float32'}")
+    torch.backends.cudnn.benchmark = True
     ema = torch.optim.swa_utils.AveragedModel(model, use_buffers=True, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
@@ -151,28 +164,33 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0}],
                           lr=cfg.lr, momentum=0.9, nesterov=True)
     gen = torch.Generator().manual_seed(cfg.seed)
+    # augmentation draws its numbers where the batch lives (one generator on a CPU, as before)
+    aug_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(cfg.seed)
     ckpt_path = out / "checkpoint.pt"
     start_epoch, history = 0, []
     if cfg.init and not ckpt_path.exists():
         # A second cosine cycle from a finished run (a warm restart, as in SGDR).
         # The EMA copies these weights at its first update.
-        init = torch.load(cfg.init, weights_only=False)
+        init = torch.load(cfg.init, weights_only=False, map_location=device)
         model.load_state_dict(ema_weights(init))
         log(f"warm start from {cfg.init} (epoch {init['epoch'] + 1} of its run)")
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=False, map_location=device)
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
+        gen.set_state(ck["gen"].cpu())
+        if "aug_gen" in ck:
+            aug_gen.set_state(ck["aug_gen"].cpu())
         start_epoch, history = ck["epoch"] + 1, ck["history"]
         log(f"resuming from epoch {start_epoch}")
-    x_all = torch.from_numpy(tr["x"])
+    x_all = torch.from_numpy(tr["x"]).to(device)
     d_all = torch.from_numpy(tr["dist"])
     if cfg.teachers:
         log(f"distilling from {len(cfg.teachers)} teacher(s), weight {cfg.teacher_weight}")
-        soft = torch.from_numpy(teacher_targets(cfg.teachers, tr["x"]))
+        soft = torch.from_numpy(teacher_targets(cfg.teachers, tr["x"], device))
         d_all = (1 - cfg.teacher_weight) * d_all + cfg.teacher_weight * soft
+    d_all = d_all.to(device)
     steps = len(x_all) // cfg.batch
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -181,9 +199,9 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
         for i in range(steps):
             for g_ in opt.param_groups:
                 g_["lr"] = _lr(cfg, epoch * steps + i, steps)
-            idx = perm[i * cfg.batch : (i + 1) * cfg.batch]
-            xb = augment(x_all[idx].float().div_(255).unsqueeze(1), gen).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            idx = perm[i * cfg.batch : (i + 1) * cfg.batch].to(device)
+            xb = augment(x_all[idx].float().div_(255).unsqueeze(1), aug_gen).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(xb)
             loss = -(d_all[idx] * F.log_softmax(logits.float(), 1)).sum(1).mean()
             opt.zero_grad(set_to_none=True)
@@ -198,7 +216,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
                         "seconds": time.time() - t0})
         log(json.dumps(history[-1]))
         _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                      "gen": gen.get_state(), "epoch": epoch, "history": history, "config": asdict(cfg),
+                      "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "epoch": epoch, "history": history, "config": asdict(cfg),
                       "template": template.tolist()}, ckpt_path)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(history[-1]) + "\n")
