@@ -187,6 +187,7 @@ def train_emotion(
                                                                 "soften the targets (repeat for an ensemble).")] = None,
     teacher_weight: Annotated[float, typer.Option(help="Share of the teachers in the targets (the rest: votes).")] = 0.5,
     device: Annotated[str, typer.Option(help="cpu, cuda (cuda:N) or auto: a GPU when PyTorch sees one.")] = "auto",
+    aug_strength: Annotated[float, typer.Option(help="Scales every augmentation's range and rate (flips excepted).")] = 1.0,
 ):
     """Train the FER+ emotion model (seeded, resumable), then export ONNX + model card."""
     try:
@@ -215,7 +216,7 @@ def train_emotion(
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
             raise MoodlensError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
         train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None, **shape,
-                                     device=device,
+                                     device=device, aug_strength=aug_strength,
                                      teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight), log=log)
     card = export(out, data, log=log)
     out_console.print(f"exported {card}")

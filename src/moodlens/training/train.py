@@ -48,6 +48,7 @@ class TrainConfig:
     teachers: tuple[str, ...] = ()  # finished runs' checkpoints whose averaged predictions soften the targets
     teacher_sha256: tuple[str, ...] = ()  # recorded hashes of those checkpoints
     teacher_weight: float = 0.5  # target = (1 - w) * votes + w * teachers
+    aug_strength: float = 1.0  # scales every augmentation's range and rate (flips excepted)
     extra: dict = field(default_factory=dict)
 
 
@@ -200,7 +201,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
             for g_ in opt.param_groups:
                 g_["lr"] = _lr(cfg, epoch * steps + i, steps)
             idx = perm[i * cfg.batch : (i + 1) * cfg.batch].to(device)
-            xb = augment(x_all[idx].float().div_(255).unsqueeze(1), aug_gen).contiguous(memory_format=torch.channels_last)
+            xb = augment(x_all[idx].float().div_(255).unsqueeze(1), aug_gen, cfg.aug_strength).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(xb)
             loss = -(d_all[idx] * F.log_softmax(logits.float(), 1)).sum(1).mean()
