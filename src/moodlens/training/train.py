@@ -181,8 +181,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"].cpu())
-        if "aug_gen" in ck:
-            aug_gen.set_state(ck["aug_gen"].cpu())
+        if aug_gen is not gen and ck.get("aug_device") == device.type:
+            aug_gen.set_state(ck["aug_gen"].cpu())  # a run moved between CPU and GPU gets a fresh stream
         start_epoch, history = ck["epoch"] + 1, ck["history"]
         log(f"resuming from epoch {start_epoch}")
     x_all = torch.from_numpy(tr["x"]).to(device)
@@ -217,7 +217,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
                         "seconds": time.time() - t0})
         log(json.dumps(history[-1]))
         _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                      "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "epoch": epoch, "history": history, "config": asdict(cfg),
+                      "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "aug_device": device.type, "epoch": epoch, "history": history, "config": asdict(cfg),
                       "template": template.tolist()}, ckpt_path)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(history[-1]) + "\n")
