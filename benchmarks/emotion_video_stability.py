@@ -54,8 +54,8 @@ def stability(clf: EmotionClassifier, clips) -> dict:
                 prev = None
                 continue
             crop = clf.crops(*s)
-            label = int(clf.predict(crop)[0].argmax())
-            same_flip += int(clf.predict(np.ascontiguousarray(crop[:, :, ::-1]))[0].argmax() == label)
+            label, mirrored = clf.predict(np.concatenate([crop, crop[:, :, ::-1]])).argmax(1)
+            same_flip += int(mirrored == label)
             counts[label] += 1
             n += 1
             if prev is not None:

@@ -192,7 +192,7 @@ def train_emotion(
     """Train the FER+ emotion model (seeded, resumable), then export ONNX + model card."""
     try:
         from moodlens.training.export import export
-        from moodlens.training.train import TrainConfig, train
+        from moodlens.training.train import TrainConfig, resolve_device, train
     except ImportError as e:
         raise MoodlensError(f"training needs PyTorch: pip install -e '.[train]' ({e})") from e
     if not (data / "FER2013Train" / "label.csv").is_file():
@@ -208,13 +208,10 @@ def train_emotion(
         for t in (teacher or []) + ([init] if init else []):
             if not t.is_file():
                 raise MoodlensError(f"{t}: no such checkpoint")
-        import torch
-
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise MoodlensError(f"--device {device}: PyTorch sees no CUDA GPU here (torch {torch.__version__}); "
-                                "use --device cpu")
-        if device not in ("auto", "cpu") and not device.startswith("cuda"):
-            raise MoodlensError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
+        try:
+            resolve_device(device)  # fail now, not after the data is prepared
+        except ValueError as e:
+            raise MoodlensError(str(e)) from e
         train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None, **shape,
                                      device=device, aug_strength=aug_strength,
                                      teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight), log=log)

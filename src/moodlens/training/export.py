@@ -20,8 +20,7 @@ import torch
 from moodlens.metrics import classification_report
 from moodlens.models import session
 from moodlens.models.onnx_utils import store_weights_float16
-from moodlens.training.net import EmotionNet
-from moodlens.training.train import TrainConfig, ema_weights, prepare
+from moodlens.training.train import load_ema, prepare
 from moodlens.types import EMOTIONS
 
 
@@ -32,13 +31,6 @@ class _Probabilities(torch.nn.Module):
 
     def forward(self, x):
         return torch.softmax(self.net(x), dim=1)
-
-
-def load_ema(ckpt: dict) -> EmotionNet:
-    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
-    net = EmotionNet(tuple(cfg.widths), tuple(cfg.depths), dropout=cfg.dropout)
-    net.load_state_dict(ema_weights(ckpt))
-    return net.eval()
 
 
 def recalibrate_bn(net: torch.nn.Module, x: np.ndarray, batches: int = 64, batch: int = 256, seed: int = 0) -> None:

@@ -90,8 +90,13 @@ def prepare(data: Path, out: Path, size: int, log=print):
 
 
 def resolve_device(name: str) -> torch.device:
+    """cpu, cuda, cuda:N or auto (a GPU when PyTorch sees one); ValueError for anything else."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"--device {name}: expected cpu, cuda, cuda:N or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: PyTorch sees no CUDA GPU here (torch {torch.__version__}); use --device cpu")
     return torch.device(name)
 
 
@@ -106,6 +111,14 @@ def _bf16_ok(device: torch.device) -> bool:
 def ema_weights(ckpt: dict) -> dict:
     """The EMA model's state dict from a training checkpoint (AveragedModel keys unwrapped)."""
     return {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+
+
+def load_ema(ckpt: dict) -> EmotionNet:
+    """The network a checkpoint describes, with its EMA weights, in eval mode on the CPU."""
+    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
+    net = EmotionNet(tuple(cfg.widths), tuple(cfg.depths), dropout=cfg.dropout)
+    net.load_state_dict(ema_weights(ckpt))
+    return net.eval()
 
 
 def evaluate(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
@@ -129,11 +142,7 @@ def teacher_targets(paths: tuple[str, ...], x: np.ndarray, device: str | torch.d
     """
     total = np.zeros((len(x), 8), np.float32)
     for path in paths:
-        ck = torch.load(path, weights_only=False, map_location="cpu")
-        c = ck["config"]
-        net = EmotionNet(tuple(c["widths"]), tuple(c["depths"]), dropout=c["dropout"])
-        net.load_state_dict(ema_weights(ck))
-        net.to(device)
+        net = load_ema(torch.load(path, weights_only=False, map_location="cpu")).to(device)
         total += evaluate(net, x) + evaluate(net, np.ascontiguousarray(x[:, :, ::-1]))
     return total / (2 * len(paths))
 
