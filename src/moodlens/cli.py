@@ -169,6 +169,8 @@ def eval_emotion(
 
   moodlens train emotion --data ../shared/data/ferplus --out runs/emotion3 --widths 32,64,128,256 --teacher runs/emotion/checkpoint.pt --teacher runs/emotion2/checkpoint.pt   (a wider student distilled from finished runs)
 
+  moodlens train emotion --data ../shared/data/ferplus --out runs/sface --arch sface --size 64 --lr 0.02 --epochs 10   (a face-pretrained teacher)
+
   moodlens train emotion --data ../shared/data/ferplus --out runs/gpu --device cuda   (on a GPU; checkpoints load on a CPU machine too)
 """)
 @friendly
@@ -181,6 +183,9 @@ def train_emotion(
     init: Annotated[Optional[Path], typer.Option(help="Warm start from a finished run's checkpoint.pt (its EMA weights), "
                                                       "then a fresh schedule.")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine schedule).")] = 0.1,
+    arch: Annotated[str, typer.Option(help="resnet: moodlens's small net from scratch (shipped); sface: SFace's "
+                                           "face-pretrained backbone, fine-tuned (a teacher, ~10x slower).")] = "resnet",
+    size: Annotated[int, typer.Option(help="Input side in px (faces are aligned to it).")] = 48,
     widths: Annotated[str, typer.Option(help="Channels of the stem and the three residual stages.")] = "32,64,128,192",
     depths: Annotated[str, typer.Option(help="Residual blocks per stage.")] = "2,2,2",
     teacher: Annotated[Optional[list[Path]], typer.Option(help="A finished run's checkpoint.pt whose predictions "
@@ -212,7 +217,10 @@ def train_emotion(
             resolve_device(device)  # fail now, not after the data is prepared
         except ValueError as e:
             raise MoodlensError(str(e)) from e
+        if arch not in ("resnet", "sface"):
+            raise MoodlensError(f"--arch {arch}: expected resnet or sface")
         train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None, **shape,
+                                     arch=arch, size=size,
                                      device=device, aug_strength=aug_strength,
                                      teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight), log=log)
     card = export(out, data, log=log)

@@ -112,7 +112,12 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "classes": list(EMOTIONS),
         "preprocessing": {
-            "input": "float32 (N, 1, S, S), greyscale 0..1; the graph standardises each image (mean/std) itself",
+            "input": "float32 (N, 1, S, S), greyscale 0..1; the graph "
+                     + ("scales it as SFace was trained, (255 x - 127.5) / 128" if cfg.get("arch") == "sface"
+                        else "standardises each image (mean/std) itself"),
+            "architecture": "SFace (OpenCV Zoo 2021dec) backbone, face-recognition pretrained, fine-tuned; "
+                            "global average pooling and a new 8-way head" if cfg.get("arch") == "sface"
+                            else "moodlens EmotionNet (small ResNet, trained from scratch)",
             "input_size": size,
             "channels": "grey",
             "grey": "ITU-R 601 luma of BGR (cv2.COLOR_BGR2GRAY)",

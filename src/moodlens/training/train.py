@@ -30,6 +30,7 @@ from moodlens.training.net import EmotionNet
 @dataclass
 class TrainConfig:
     size: int = 48
+    arch: str = "resnet"  # "resnet" (EmotionNet, from scratch) or "sface" (SFace's face-pretrained backbone)
     widths: tuple[int, ...] = (32, 64, 128, 192)
     depths: tuple[int, ...] = (2, 2, 2)
     dropout: float = 0.3
@@ -113,10 +114,21 @@ def ema_weights(ckpt: dict) -> dict:
     return {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
 
 
-def load_ema(ckpt: dict) -> EmotionNet:
+def build_net(cfg: TrainConfig, pretrained: bool = True) -> torch.nn.Module:
+    """The network ``cfg.arch`` names (SFace's pretrained weights only for a fresh run)."""
+    if cfg.arch == "sface":
+        from moodlens.training.sface_net import SFaceExpressionNet
+
+        return SFaceExpressionNet(dropout=cfg.dropout, pretrained=pretrained)
+    if cfg.arch != "resnet":
+        raise ValueError(f"--arch {cfg.arch}: expected resnet or sface")
+    return EmotionNet(tuple(cfg.widths), tuple(cfg.depths), dropout=cfg.dropout)
+
+
+def load_ema(ckpt: dict) -> torch.nn.Module:
     """The network a checkpoint describes, with its EMA weights, in eval mode on the CPU."""
     cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in TrainConfig.__dataclass_fields__})
-    net = EmotionNet(tuple(cfg.widths), tuple(cfg.depths), dropout=cfg.dropout)
+    net = build_net(cfg, pretrained=False)
     net.load_state_dict(ema_weights(ckpt))
     return net.eval()
 
@@ -132,18 +144,24 @@ def evaluate(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndar
     return np.concatenate(out)
 
 
-def teacher_targets(paths: tuple[str, ...], x: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+def teacher_targets(paths: tuple[str, ...], x: np.ndarray, device: str | torch.device = "cpu",
+                    images_at=None) -> np.ndarray:
     """Mean probabilities of finished runs (EMA weights, each image and its mirror) on ``x``.
 
     Knowledge distillation (Hinton et al. 2015; "born-again" students, Furlanello
     et al. 2018): the teachers' soft judgement says which expressions look alike
     to a network, beyond what ten annotators' votes say; computed once on the clean
-    aligned crops, since the augmentations do not change the expression.
+    aligned crops, since the augmentations do not change the expression. A teacher
+    trained at another input size sees the same faces aligned at its own size,
+    ``images_at(size)``, rather than a resampled student crop.
     """
     total = np.zeros((len(x), 8), np.float32)
     for path in paths:
-        net = load_ema(torch.load(path, weights_only=False, map_location="cpu")).to(device)
-        total += evaluate(net, x) + evaluate(net, np.ascontiguousarray(x[:, :, ::-1]))
+        ckpt = torch.load(path, weights_only=False, map_location="cpu")
+        size = ckpt["config"].get("size", 48)
+        xs = x if size == x.shape[-1] else images_at(size)
+        net = load_ema(ckpt).to(device)
+        total += evaluate(net, xs) + evaluate(net, np.ascontiguousarray(xs[:, :, ::-1]))
     return total / (2 * len(paths))
 
 
@@ -163,7 +181,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    model = EmotionNet(cfg.widths, cfg.depths, dropout=cfg.dropout).to(device, memory_format=torch.channels_last)
+    model = build_net(cfg).to(device, memory_format=torch.channels_last)
     bf16 = cfg.bf16 and _bf16_ok(device)
     log(f"device: {device}, precision: {'bfloat16 autocast' if bf16 else 'float32'}")
     torch.backends.cudnn.benchmark = True
@@ -198,7 +216,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
     d_all = torch.from_numpy(tr["dist"])
     if cfg.teachers:
         log(f"distilling from {len(cfg.teachers)} teacher(s), weight {cfg.teacher_weight}")
-        soft = torch.from_numpy(teacher_targets(cfg.teachers, tr["x"], device))
+        soft = torch.from_numpy(teacher_targets(
+            cfg.teachers, tr["x"], device, images_at=lambda s: prepare(data, out, s, log)[0]["FER2013Train"]["x"]))
         d_all = (1 - cfg.teacher_weight) * d_all + cfg.teacher_weight * soft
     d_all = d_all.to(device)
     steps = len(x_all) // cfg.batch
