@@ -68,8 +68,15 @@ def _lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def prepare(data: Path, out: Path, size: int, log=print):
-    """Landmark, align and cache both splits; returns arrays and provenance."""
+    """Landmark, align and cache both splits; returns arrays and provenance.
+
+    The landmark cache is shared by every run (files are named by the data's
+    hash), so a new run folder does not landmark FER+ again; a run folder's own
+    ``cache/`` from earlier versions is still read first.
+    """
     cache = out / "cache"
+    if not cache.is_dir():
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moodlens" / "ferplus-landmarks"
     splits = {}
     for name in ("FER2013Train", "FER2013Valid"):
         log(f"landmarking {name} (cached after the first run)")
