@@ -197,7 +197,7 @@ def train_emotion(
     """Train the FER+ emotion model (seeded, resumable), then export ONNX + model card."""
     try:
         from moodlens.training.export import export
-        from moodlens.training.train import TrainConfig, resolve_device, train
+        from moodlens.training.train import ARCHS, TrainConfig, resolve_device, train
     except ImportError as e:
         raise MoodlensError(f"training needs PyTorch: pip install -e '.[train]' ({e})") from e
     if not (data / "FER2013Train" / "label.csv").is_file():
@@ -217,8 +217,8 @@ def train_emotion(
             resolve_device(device)  # fail now, not after the data is prepared
         except ValueError as e:
             raise MoodlensError(str(e)) from e
-        if arch not in ("resnet", "sface"):
-            raise MoodlensError(f"--arch {arch}: expected resnet or sface")
+        if arch not in ARCHS:
+            raise MoodlensError(f"--arch {arch}: expected one of {', '.join(ARCHS)}")
         train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None, **shape,
                                      arch=arch, size=size,
                                      device=device, aug_strength=aug_strength,

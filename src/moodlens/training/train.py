@@ -27,6 +27,9 @@ from moodlens.training.ferplus import aligned_images, load_split, mean_template
 from moodlens.training.net import EmotionNet
 
 
+ARCHS = ("resnet", "sface")
+
+
 @dataclass
 class TrainConfig:
     size: int = 48
@@ -127,8 +130,8 @@ def build_net(cfg: TrainConfig, pretrained: bool = True) -> torch.nn.Module:
         from moodlens.training.sface_net import SFaceExpressionNet
 
         return SFaceExpressionNet(dropout=cfg.dropout, pretrained=pretrained)
-    if cfg.arch != "resnet":
-        raise ValueError(f"--arch {cfg.arch}: expected resnet or sface")
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"--arch {cfg.arch}: expected one of {', '.join(ARCHS)}")
     return EmotionNet(tuple(cfg.widths), tuple(cfg.depths), dropout=cfg.dropout)
 
 
