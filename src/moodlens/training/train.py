@@ -70,8 +70,8 @@ def _lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
 
-def prepare(data: Path, out: Path, size: int, log=print):
-    """Landmark, align and cache both splits; returns arrays and provenance.
+def load_splits(data: Path, out: Path, log=print):
+    """Both FER+ splits, landmarked (cached), and the template; returns (splits, template, provenance).
 
     The landmark cache is shared by every run (files are named by the data's
     hash), so a new run folder does not landmark FER+ again; a run folder's own
@@ -84,20 +84,25 @@ def prepare(data: Path, out: Path, size: int, log=print):
     for name in ("FER2013Train", "FER2013Valid"):
         log(f"landmarking {name} (cached after the first run)")
         splits[name] = load_split(data / name, cache)
-    template = mean_template(splits["FER2013Train"])
-    arrays = {}
-    for name, s in splits.items():
-        keep = s.usable
-        arrays[name] = dict(
-            x=aligned_images(s, template, size)[keep], dist=s.distribution[keep], y=s.majority[keep],
-            files=[f for f, k in zip(s.files, keep) if k],
-        )
     provenance = {
         name: {"sha256": s.data_sha256, "rows": len(s.files), "used": int(s.usable.sum()),
                "landmarked": float((~np.isnan(s.landmarks).any(axis=(1, 2))).mean())}
         for name, s in splits.items()
     }
-    return arrays, template, provenance
+    return splits, mean_template(splits["FER2013Train"]), provenance
+
+
+def split_arrays(split, template: np.ndarray, size: int) -> dict:
+    """A split's usable rows, aligned at ``size`` px, with their vote distributions and majority labels."""
+    keep = split.usable
+    return dict(x=aligned_images(split, template, size)[keep], dist=split.distribution[keep], y=split.majority[keep],
+                files=[f for f, k in zip(split.files, keep) if k])
+
+
+def prepare(data: Path, out: Path, size: int, log=print):
+    """Landmark, align and cache both splits; returns arrays, template and provenance."""
+    splits, template, provenance = load_splits(data, out, log)
+    return {name: split_arrays(s, template, size) for name, s in splits.items()}, template, provenance
 
 
 def resolve_device(name: str) -> torch.device:
@@ -183,7 +188,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
         cfg = replace(cfg, init_sha256=sha256_file(Path(cfg.init)))
     if cfg.teachers and not cfg.teacher_sha256:
         cfg = replace(cfg, teacher_sha256=tuple(sha256_file(Path(t)) for t in cfg.teachers))
-    arrays, template, provenance = prepare(data, out, cfg.size, log)
+    splits, template, provenance = load_splits(data, out, log)
+    arrays = {name: split_arrays(s, template, cfg.size) for name, s in splits.items()}
     (out / "config.json").write_text(json.dumps(
         {"config": asdict(cfg), "template": template.tolist(), "data": provenance, "torch": torch.__version__}, indent=2))
     tr, va = arrays["FER2013Train"], arrays["FER2013Valid"]
@@ -227,7 +233,7 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
     if cfg.teachers:
         log(f"distilling from {len(cfg.teachers)} teacher(s), weight {cfg.teacher_weight}")
         soft = torch.from_numpy(teacher_targets(
-            cfg.teachers, tr["x"], device, images_at=lambda s: prepare(data, out, s, log)[0]["FER2013Train"]["x"]))
+            cfg.teachers, tr["x"], device, images_at=lambda s: split_arrays(splits["FER2013Train"], template, s)["x"]))
         d_all = (1 - cfg.teacher_weight) * d_all + cfg.teacher_weight * soft
     d_all = d_all.to(device)
     steps = len(x_all) // cfg.batch
