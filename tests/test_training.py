@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from moodlens.models import session
-from moodlens.models.onnx_utils import store_weights_float16
+from moodlens.models.onnx_utils import quantize_int8, store_weights_float16
 
 
 def _matmul_model(w: np.ndarray, b: np.ndarray) -> onnx.ModelProto:
@@ -34,6 +34,38 @@ def test_float16_storage_halves_the_file_and_keeps_float32_outputs():
     assert y16.dtype == np.float32
     np.testing.assert_allclose(y16, x @ w.astype(np.float16).astype(np.float32) + b, rtol=1e-4, atol=1e-3)
     assert np.abs(y16 - y32).max() < 0.05 * np.abs(y32).max()
+
+
+def _conv_model(rng) -> onnx.ModelProto:
+    """face (N, 1, 16, 16) -> 3x3 conv (8) -> ReLU -> average pool -> 4-way softmax."""
+    w = rng.normal(scale=0.5, size=(8, 1, 3, 3)).astype(np.float32)
+    fc = rng.normal(size=(8, 4)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["face", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc", "fb"], ["z"]), helper.make_node("Softmax", ["z"], ["probabilities"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("face", TensorProto.FLOAT, ["n", 1, 16, 16])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+         numpy_helper.from_array(fc, "fc"), numpy_helper.from_array(np.zeros(4, np.float32), "fb")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_int8_export_is_integer_close_to_float_and_reproducible():
+    rng = np.random.default_rng(0)
+    model = _conv_model(rng)
+    faces = rng.integers(0, 256, size=(300, 16, 16), dtype=np.uint8)
+    blob = quantize_int8(model, faces, n=128)
+    assert blob == quantize_int8(model, faces, n=128)  # same calibration faces, same bytes (the card's hash)
+    q = onnx.load_from_string(blob)
+    weights = {i.name: i.data_type for i in q.graph.initializer}
+    assert TensorProto.INT8 in weights.values()  # weights stored as integers, not float
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.graph.node}
+    x = faces[:, None].astype(np.float32) / 255
+    p32 = session(model.SerializeToString(), 1).run(None, {"face": x})[0]
+    p8 = session(blob, 1).run(None, {"face": x})[0]
+    assert np.abs(p8 - p32).max() < 0.05
+    assert (p8.argmax(1) == p32.argmax(1)).mean() > 0.9
 
 
 def test_teacher_targets_average_teachers_and_mirror_images(tmp_path):
@@ -101,3 +133,24 @@ def test_teacher_at_another_size_sees_faces_aligned_at_its_size(tmp_path):
     assert asked == [64]
     expected = (evaluate(net.eval(), x64) + evaluate(net, np.ascontiguousarray(x64[:, :, ::-1]))) / 2
     np.testing.assert_allclose(soft, expected, atol=1e-5)
+
+
+def test_ensemble_folds_into_one_graph_averaging_probabilities(tmp_path):
+    torch = pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
+    from moodlens.training.export import _MeanProbabilities
+    from moodlens.training.net import EmotionNet
+
+    nets = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        nets.append(EmotionNet((8, 8, 16, 16), (1, 1, 1)).eval())
+    model = _MeanProbabilities(nets).eval()
+    x = torch.rand(5, 1, 48, 48)
+    with torch.no_grad():
+        expected = (torch.softmax(nets[0](x), 1) + torch.softmax(nets[1](x), 1)) / 2
+    path = tmp_path / "ens.onnx"
+    torch.onnx.export(model, x[:1], str(path), input_names=["face"], output_names=["probabilities"],
+                      dynamic_axes={"face": {0: "batch"}}, opset_version=17, dynamo=False)
+    got = session(path.read_bytes(), 1).run(None, {"face": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+    assert not np.allclose(expected.numpy(), torch.softmax(nets[0](x), 1).detach().numpy(), atol=1e-3)  # members differ

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -18,19 +19,29 @@ import onnx
 import torch
 
 from moodlens.metrics import classification_report
-from moodlens.models import session
-from moodlens.models.onnx_utils import store_weights_float16
+from moodlens.models import session, sha256_file
+from moodlens.models.onnx_utils import quantize_int8, store_weights_float16
 from moodlens.training.train import load_ema, prepare
 from moodlens.types import EMOTIONS
 
+PRECISIONS = ("int8", "float16")
+WEIGHTS_STORAGE = {
+    "int8": "int8 per output channel (7 bits used), activations uint8 with ranges calibrated on 512 clean "
+            "training faces (99.99th percentile); ONNX Runtime runs the convolutions in integer arithmetic",
+    "float16": "float16 in the file (weight tensors of 1,024+ elements), cast to float32 at load; computation is float32",
+}
 
-class _Probabilities(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module):
+
+class _MeanProbabilities(torch.nn.Module):
+    """The members' softmax outputs, averaged: an ensemble folded into one graph and one session."""
+
+    def __init__(self, nets: list[torch.nn.Module]):
         super().__init__()
-        self.net = net
+        self.nets = torch.nn.ModuleList(nets)
 
     def forward(self, x):
-        return torch.softmax(self.net(x), dim=1)
+        probs = [torch.softmax(net(x), dim=1) for net in self.nets]
+        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
 
 def recalibrate_bn(net: torch.nn.Module, x: np.ndarray, batches: int = 64, batch: int = 256, seed: int = 0) -> None:
@@ -69,29 +80,19 @@ def ms_per_face(sess, size: int, batch: int = 32, repeats: int = 30) -> float:
     return (time.perf_counter() - t) / repeats / batch * 1000
 
 
-def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion") -> Path:
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False, map_location="cpu")
+def _architecture(cfg: dict) -> tuple[str, str]:
+    """(how the graph scales its input, what the network is) for a member's config."""
+    if cfg.get("arch") == "sface":
+        return ("scales it as SFace was trained, (255 x - 127.5) / 128",
+                "SFace (OpenCV Zoo 2021dec) backbone, face-recognition pretrained, fine-tuned; "
+                "global average pooling and a new 8-way head")
+    widths = "-".join(map(str, cfg.get("widths", ())))
+    return "standardises each image (mean/std) itself", f"moodlens EmotionNet (small ResNet, widths {widths}, from scratch)"
+
+
+def _training_record(path: Path, ckpt: dict) -> dict:
+    """What a member's card entry says of its run: config, history, warm start and teachers, by hash."""
     cfg = ckpt["config"]
-    size = cfg["size"]
-    net = load_ema(ckpt)
-    arrays, template, provenance = prepare(data, run_dir, size, log)
-    recalibrate_bn(net, arrays["FER2013Train"]["x"])
-    onnx_path = run_dir / "emotion.onnx"
-    torch.onnx.export(_Probabilities(net), torch.zeros(1, 1, size, size), str(onnx_path), input_names=["face"],
-                      output_names=["probabilities"], dynamic_axes={"face": {0: "batch"}, "probabilities": {0: "batch"}},
-                      opset_version=17, dynamo=False)
-    blob = store_weights_float16(onnx.load(str(onnx_path))).SerializeToString()
-    onnx_path.write_bytes(blob)
-    sess = session(blob, threads=2)
-    va = arrays["FER2013Valid"]
-    probs = onnx_probs(sess, va["x"])
-    flipped = onnx_probs(sess, va["x"][:, :, ::-1].copy())
-    report = classification_report(probs, va["y"], list(EMOTIONS))
-    report["flip_agreement"] = float((probs.argmax(1) == flipped.argmax(1)).mean())
-    # soft-label agreement: expected accuracy against one random annotator
-    report["annotator_agreement"] = float((va["dist"][np.arange(len(probs)), probs.argmax(1)]).mean())
-    speed = ms_per_face(sess, size)
-    epochs_done = ckpt["epoch"] + 1
     warm_start = None
     if cfg.get("init"):  # a second cycle: keep the first run's record in the card
         warm_start = {"checkpoint": cfg["init"], "checkpoint_sha256": cfg.get("init_sha256")}
@@ -99,24 +100,100 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
             parent = torch.load(cfg["init"], weights_only=False, map_location="cpu")
             warm_start.update(config=parent["config"], epochs_completed=parent["epoch"] + 1,
                               history=parent["history"])
-    if cfg.get("arch") == "sface":
-        scaling = "scales it as SFace was trained, (255 x - 127.5) / 128"
-        architecture = ("SFace (OpenCV Zoo 2021dec) backbone, face-recognition pretrained, fine-tuned; "
-                        "global average pooling and a new 8-way head")
+    return {
+        "checkpoint": str(path),
+        "checkpoint_sha256": sha256_file(path),
+        "config": cfg,
+        "epochs_completed": ckpt["epoch"] + 1,
+        "history": ckpt["history"],
+        "warm_start_from": warm_start,
+        "distilled_from": [{"checkpoint": t, "checkpoint_sha256": h} for t, h in
+                           zip(cfg.get("teachers") or (), cfg.get("teacher_sha256") or ())],
+    }
+
+
+def _version(records: list[dict], precision: str, blob: bytes) -> str:
+    """Date, epochs (first+second cycle) or ensemble size, "kd" when distilled, precision and the
+    file's hash: unique per file, since analyses record the model version they ran with."""
+    r = records[0]
+    if len(records) > 1:
+        body = f"ens{len(records)}"
     else:
-        scaling = "standardises each image (mean/std) itself"
-        architecture = "moodlens EmotionNet (small ResNet, trained from scratch)"
+        ws = r["warm_start_from"]
+        body = "e" + (f"{ws.get('epochs_completed', '?')}+{r['epochs_completed']}" if ws else f"{r['epochs_completed']}")
+        body += "-kd" if r["distilled_from"] else ""
+    return (f"{dt.date.today().isoformat()}-{body}" + ("-int8" if precision == "int8" else "")
+            + f"-{hashlib.sha256(blob).hexdigest()[:8]}")
+
+
+def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion", precision: str = "int8",
+           members: list[Path] | None = None) -> Path:
+    """Export ``run_dir``'s checkpoint, or the mean of several runs' checkpoints (``members``), to
+    ``run_dir/emotion.onnx`` and its card."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    paths = list(members or [run_dir / "checkpoint.pt"])
+    ckpts = [torch.load(p, weights_only=False, map_location="cpu") for p in paths]
+    sizes = {c["config"]["size"] for c in ckpts}
+    if len(sizes) != 1:
+        raise ValueError(f"ensemble members take different input sizes ({sorted(sizes)}); they must share one")
+    size = sizes.pop()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    arrays, template, provenance = prepare(data, run_dir, size, log)
+    nets = [load_ema(c) for c in ckpts]
+    for net in nets:
+        recalibrate_bn(net, arrays["FER2013Train"]["x"])
+    model = _MeanProbabilities(nets).eval()
+    onnx_path = run_dir / "emotion.onnx"
+    tmp = run_dir / "emotion.float32.onnx.tmp"
+    torch.onnx.export(model, torch.zeros(1, 1, size, size), str(tmp), input_names=["face"],
+                      output_names=["probabilities"], dynamic_axes={"face": {0: "batch"}, "probabilities": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    graph = onnx.load(str(tmp))
+    tmp.unlink()
+    va = arrays["FER2013Valid"]
+    float_acc = float((onnx_probs(session(graph.SerializeToString(), threads=2), va["x"]).argmax(1) == va["y"]).mean())
+    if precision == "int8":
+        blob = quantize_int8(graph, arrays["FER2013Train"]["x"])
+    else:
+        blob = store_weights_float16(graph).SerializeToString()
+    sess = session(blob, threads=2)
+    probs = onnx_probs(sess, va["x"])
+    flipped = onnx_probs(sess, va["x"][:, :, ::-1].copy())
+    report = classification_report(probs, va["y"], list(EMOTIONS))
+    report["flip_agreement"] = float((probs.argmax(1) == flipped.argmax(1)).mean())
+    # soft-label agreement: expected accuracy against one random annotator
+    report["annotator_agreement"] = float((va["dist"][np.arange(len(probs)), probs.argmax(1)]).mean())
+    report["float32_accuracy"] = float_acc  # the same weights before int8 / float16 storage
+    speed = ms_per_face(sess, size)
+    records = [_training_record(p, c) for p, c in zip(paths, ckpts)]
+    scalings, architectures = zip(*(_architecture(c["config"]) for c in ckpts))
+    if len(set(scalings)) == 1:
+        scaling = scalings[0]
+    else:
+        scaling = "scales it for each member as that member was trained"
+    architecture = architectures[0] if len(nets) == 1 else (
+        f"ensemble of {len(nets)} networks in one graph, their probabilities averaged: " + "; ".join(architectures))
+    training = {
+        "data": "FER+ (Microsoft FER+ votes, MIT) on FER2013 images (research use); FER2013Train only",
+        "provenance": provenance,
+        "targets": "annotator vote distribution over the 8 emotions (unknown / not-a-face votes dropped); "
+                   "rows whose majority is unknown or not-a-face excluded",
+        "augmentation": "rotation +-15 deg, scale +-15 %, shift +-8 %, horizontal flip, low resolution (16-36 px), "
+                        "Gaussian blur, gamma/contrast/brightness, sensor noise, random occlusion",
+        "weights": "exponential moving average of the weights (decay in config), BatchNorm statistics "
+                   "recomputed on 64 x 256 clean training images",
+        **(records[0] if len(records) == 1 else {"members": records}),
+        "torch": torch.__version__,
+        "code": "moodlens train emotion (src/moodlens/training)",
+    }
     card = {
         "name": name,
-        # date, epochs (first+second cycle), "kd" when distilled, and the file's hash: unique per file,
-        # since analyses record the model version they ran with
-        "version": f"{dt.date.today().isoformat()}-e"
-                   + (f"{warm_start.get('epochs_completed', '?')}+{epochs_done}" if warm_start else f"{epochs_done}")
-                   + ("-kd" if cfg.get("teachers") else "") + f"-{hashlib.sha256(blob).hexdigest()[:8]}",
+        "version": _version(records, precision, blob),
         "file": "emotion.onnx",
         "sha256": hashlib.sha256(blob).hexdigest(),
         "bytes": len(blob),
-        "parameters": int(sum(p.numel() for p in net.parameters())),
+        "parameters": int(sum(p.numel() for p in model.parameters())),
         "classes": list(EMOTIONS),
         "preprocessing": {
             "input": "float32 (N, 1, S, S), greyscale 0..1; the graph " + scaling,
@@ -131,26 +208,8 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
                              "enlargement, then aligned like any face; 3.3 % with no landmarks are used as they are",
         },
         "output": "probabilities over `classes` (softmax in the graph)",
-        "weights_storage": "float16 in the file (weight tensors of 1,024+ elements), cast to float32 at load; "
-                           "computation is float32",
-        "training": {
-            "data": "FER+ (Microsoft FER+ votes, MIT) on FER2013 images (research use); FER2013Train only",
-            "provenance": provenance,
-            "targets": "annotator vote distribution over the 8 emotions (unknown / not-a-face votes dropped); "
-                       "rows whose majority is unknown or not-a-face excluded",
-            "augmentation": "rotation +-15 deg, scale +-15 %, shift +-8 %, horizontal flip, low resolution (16-36 px), "
-                            "Gaussian blur, gamma/contrast/brightness, sensor noise, random occlusion",
-            "config": cfg,
-            "epochs_completed": epochs_done,
-            "weights": "exponential moving average of the weights (decay in config), BatchNorm statistics "
-                       "recomputed on 64 x 256 clean training images",
-            "history": ckpt["history"],
-            "warm_start_from": warm_start,
-            "distilled_from": [{"checkpoint": t, "checkpoint_sha256": h} for t, h in
-                               zip(cfg.get("teachers") or (), cfg.get("teacher_sha256") or ())],
-            "torch": torch.__version__,
-            "code": "moodlens train emotion (src/moodlens/training)",
-        },
+        "weights_storage": WEIGHTS_STORAGE[precision],
+        "training": training,
         "metrics": {
             "ferplus_valid_majority": report,
             "ms_per_face_batch32": round(speed, 3),
@@ -160,8 +219,15 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion")
         "intended_use": "aggregate audience emotion over time; not for decisions about individuals; "
                         "see README on EU AI Act Art. 5(1)(f)",
     }
+    # each file is replaced atomically; were the export killed between the two, the card's SHA-256
+    # would refuse the new model at load rather than describe it wrongly
+    part = onnx_path.with_name(onnx_path.name + ".part")
+    part.write_bytes(blob)
+    os.replace(part, onnx_path)
     card_path = run_dir / "emotion.json"
-    card_path.write_text(json.dumps(card, indent=2))
+    part = card_path.with_name(card_path.name + ".part")
+    part.write_text(json.dumps(card, indent=2))
+    os.replace(part, card_path)
     log(f"FER+ valid accuracy {report['accuracy']:.4f}, ECE {report['ece']:.4f}, "
-        f"flip agreement {report['flip_agreement']:.4f}, {speed:.2f} ms/face, {len(blob) / 1e6:.2f} MB")
+        f"flip agreement {report['flip_agreement']:.4f} ({precision}; float32 {float_acc:.4f}), {speed:.2f} ms/face, {len(blob) / 1e6:.2f} MB")
     return card_path

@@ -9,6 +9,7 @@ which the reports average over faces and time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -148,19 +149,21 @@ def load_ema(ckpt: dict) -> torch.nn.Module:
     return net.eval()
 
 
-def evaluate(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+def evaluate(model: torch.nn.Module, x: np.ndarray, batch: int = 512, bf16: bool = False) -> np.ndarray:
+    """Softmax probabilities of ``model`` on uint8 images ``x`` (N, S, S); channels-last, which
+    PyTorch's CPU convolutions run 1.5x faster, and bfloat16 autocast where asked."""
     model.eval()
     dev = next(model.parameters()).device
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
         for i in range(0, len(x), batch):
             xb = torch.from_numpy(x[i : i + batch]).to(dev).float().div_(255).unsqueeze(1)
-            out.append(torch.softmax(model(xb), 1).cpu().numpy())
+            out.append(torch.softmax(model(xb.contiguous(memory_format=torch.channels_last)).float(), 1).cpu().numpy())
     return np.concatenate(out)
 
 
 def teacher_targets(paths: tuple[str, ...], x: np.ndarray, device: str | torch.device = "cpu",
-                    images_at=None) -> np.ndarray:
+                    images_at=None, bf16: bool = False) -> np.ndarray:
     """Mean probabilities of finished runs (EMA weights, each image and its mirror) on ``x``.
 
     Knowledge distillation (Hinton et al. 2015; "born-again" students, Furlanello
@@ -175,9 +178,25 @@ def teacher_targets(paths: tuple[str, ...], x: np.ndarray, device: str | torch.d
         ckpt = torch.load(path, weights_only=False, map_location="cpu")
         size = ckpt["config"].get("size", 48)
         xs = x if size == x.shape[-1] else images_at(size)
-        net = load_ema(ckpt).to(device)
-        total += evaluate(net, xs) + evaluate(net, np.ascontiguousarray(xs[:, :, ::-1]))
+        net = load_ema(ckpt).to(device, memory_format=torch.channels_last)
+        total += evaluate(net, xs, bf16=bf16) + evaluate(net, np.ascontiguousarray(xs[:, :, ::-1]), bf16=bf16)
     return total / (2 * len(paths))
+
+
+def cached_teacher_targets(out: Path, cfg: TrainConfig, data_sha256: str, bf16: bool, compute) -> np.ndarray:
+    """``compute()``'s teacher targets, kept in the run folder so that a resumed run
+    does not spend the teachers' time again (22 min for five teachers on 2 cores);
+    the file is named by the teachers' and the data's hashes, so any change misses."""
+    key = hashlib.sha256(json.dumps([list(cfg.teacher_sha256), data_sha256, cfg.size, bf16]).encode()).hexdigest()
+    path = out / f"teachers-{key[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    soft = compute()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, soft)
+    os.replace(tmp, path)
+    return soft
 
 
 def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
@@ -232,8 +251,9 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
     d_all = torch.from_numpy(tr["dist"])
     if cfg.teachers:
         log(f"distilling from {len(cfg.teachers)} teacher(s), weight {cfg.teacher_weight}")
-        soft = torch.from_numpy(teacher_targets(
-            cfg.teachers, tr["x"], device, images_at=lambda s: split_arrays(splits["FER2013Train"], template, s)["x"]))
+        soft = torch.from_numpy(cached_teacher_targets(out, cfg, provenance["FER2013Train"]["sha256"], bf16, lambda: teacher_targets(
+            cfg.teachers, tr["x"], device, bf16=bf16,
+            images_at=lambda s: split_arrays(splits["FER2013Train"], template, s)["x"])))
         d_all = (1 - cfg.teacher_weight) * d_all + cfg.teacher_weight * soft
     d_all = d_all.to(device)
     steps = len(x_all) // cfg.batch
