@@ -66,6 +66,9 @@ def test_int8_export_is_integer_close_to_float_and_reproducible():
     p8 = session(blob, 1).run(None, {"face": x})[0]
     assert np.abs(p8 - p32).max() < 0.05
     assert (p8.argmax(1) == p32.argmax(1)).mean() > 0.9
+    # the head stays float: probabilities sum to one and are not rounded to 1/255 steps
+    np.testing.assert_allclose(p8.sum(1), 1, atol=1e-5)
+    assert not np.allclose(p8 * 255, np.round(p8 * 255), atol=1e-3)
 
 
 def test_teacher_targets_average_teachers_and_mirror_images(tmp_path):

@@ -111,9 +111,20 @@ def quantize_int8(model: onnx.ModelProto, x: np.ndarray, n: int = 512, seed: int
     7 bits (``reduce_range``): CPUs without VNNI multiply-add u8 x s8 into 16 bits,
     which 8-bit weights can saturate. Activation ranges are the 99.99th percentile
     over the calibration faces, so one bright outlier does not waste the range.
+    The classifier head, the softmax and what follows them (an ensemble's mean)
+    stay float32: quantised probabilities would move in steps of 1/255 and no
+    longer sum to one, and the head is a tiny share of the computation.
     """
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{i}"
+    head, tail = [], set()  # the classifier layers and everything after them (an ensemble's mean)
+    for node in model.graph.node:  # ONNX lists nodes in topological order
+        if node.op_type in ("Gemm", "MatMul", "Softmax") or tail.intersection(node.input):
+            head.append(node.name)
+            tail.update(node.output)
     faces = x[np.sort(np.random.default_rng(seed).choice(len(x), size=min(n, len(x)), replace=False))]
     faces = faces[:, None].astype(np.float32) / 255
     name = model.graph.input[0].name
@@ -134,6 +145,7 @@ def quantize_int8(model: onnx.ModelProto, x: np.ndarray, n: int = 512, seed: int
         with tempfile.TemporaryDirectory(prefix="moodlens-int8-") as tmp, contextlib.redirect_stdout(io.StringIO()):
             out = Path(tmp) / "int8.onnx"
             quantize_static(model, out, Faces(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                            nodes_to_exclude=head,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.99})
             return out.read_bytes()
