@@ -59,11 +59,13 @@ def summary(observations: Sequence[dict], sample_fps: float | None) -> list[dict
     return rows
 
 
-def _atomic_write(path: Path, write) -> Path:
+def _atomic_write(path: Path, write, binary: bool = False) -> Path:
+    """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``:
+    a killed run leaves the previous file whole, never a half-written one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with (open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8")) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 from moodlens.metrics import classification_report
 from moodlens.models import session, sha256_file
 from moodlens.models.onnx_utils import quantize_int8, store_weights_float16
+from moodlens.reports.tables import _atomic_write
 from moodlens.training.train import load_ema, prepare
 from moodlens.types import EMOTIONS
 
@@ -144,13 +145,11 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion",
     for net in nets:
         recalibrate_bn(net, arrays["FER2013Train"]["x"])
     model = _MeanProbabilities(nets).eval()
-    onnx_path = run_dir / "emotion.onnx"
-    tmp = run_dir / "emotion.float32.onnx.tmp"
-    torch.onnx.export(model, torch.zeros(1, 1, size, size), str(tmp), input_names=["face"],
+    buf = io.BytesIO()
+    torch.onnx.export(model, torch.zeros(1, 1, size, size), buf, input_names=["face"],
                       output_names=["probabilities"], dynamic_axes={"face": {0: "batch"}, "probabilities": {0: "batch"}},
                       opset_version=17, dynamo=False)
-    graph = onnx.load(str(tmp))
-    tmp.unlink()
+    graph = onnx.load_from_string(buf.getvalue())
     va = arrays["FER2013Valid"]
     float_acc = float((onnx_probs(session(graph.SerializeToString(), threads=2), va["x"]).argmax(1) == va["y"]).mean())
     if precision == "int8":
@@ -221,13 +220,8 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion",
     }
     # each file is replaced atomically; were the export killed between the two, the card's SHA-256
     # would refuse the new model at load rather than describe it wrongly
-    part = onnx_path.with_name(onnx_path.name + ".part")
-    part.write_bytes(blob)
-    os.replace(part, onnx_path)
-    card_path = run_dir / "emotion.json"
-    part = card_path.with_name(card_path.name + ".part")
-    part.write_text(json.dumps(card, indent=2))
-    os.replace(part, card_path)
+    _atomic_write(run_dir / "emotion.onnx", lambda f: f.write(blob), binary=True)
+    card_path = _atomic_write(run_dir / "emotion.json", lambda f: json.dump(card, f, indent=2))
     log(f"FER+ valid accuracy {report['accuracy']:.4f}, ECE {report['ece']:.4f}, "
         f"flip agreement {report['flip_agreement']:.4f} ({precision}; float32 {float_acc:.4f}), {speed:.2f} ms/face, {len(blob) / 1e6:.2f} MB")
     return card_path

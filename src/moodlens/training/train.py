@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from moodlens.models import sha256_file
+from moodlens.reports.tables import _atomic_write
 from moodlens.training.augment import augment
 from moodlens.training.ferplus import aligned_images, load_split, mean_template
 from moodlens.training.net import EmotionNet
@@ -192,10 +193,7 @@ def cached_teacher_targets(out: Path, cfg: TrainConfig, data_sha256: str, bf16: 
     if path.is_file():
         return np.load(path)
     soft = compute()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, soft)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: np.save(f, soft), binary=True)
     return soft
 
 
