@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import onnx
 import pytest
@@ -157,3 +159,29 @@ def test_ensemble_folds_into_one_graph_averaging_probabilities(tmp_path):
     got = session(path.read_bytes(), 1).run(None, {"face": x.numpy()})[0]
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
     assert not np.allclose(expected.numpy(), torch.softmax(nets[0](x), 1).detach().numpy(), atol=1e-3)  # members differ
+
+
+def test_leaky_sface_exports_fused_leaky_relu_matching_torch():
+    torch = pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
+    from moodlens.training.sface_net import SFaceExpressionNet, layer_slopes
+
+    prelu = SFaceExpressionNet().eval()
+    state = layer_slopes(prelu.state_dict())
+    net = SFaceExpressionNet(pretrained=False, activation="leaky").eval()
+    net.load_state_dict(state)  # a PReLU run's weights warm-start the leaky variant
+    first = prelu.body[0][2].weight.detach()
+    assert float(net.body[0][2].slope) == pytest.approx(float(first.median()))
+    with torch.no_grad():
+        net.body[3][2].slope.fill_(-0.3)  # a negative slope must survive export too
+    x = torch.rand(4, 1, 64, 64)
+    with torch.no_grad():
+        expected = torch.softmax(net(x), 1).numpy()
+    buf = io.BytesIO()
+    torch.onnx.export(net, x[:1], buf, input_names=["face"], dynamic_axes={"face": {0: "batch"}}, dynamo=False)
+    model = onnx.load_from_string(buf.getvalue())
+    ops = [n.op_type for n in model.graph.node]
+    assert "PRelu" not in ops and ops.count("LeakyRelu") == len(net.body)
+    alphas = [helper.get_attribute_value(n.attribute[0]) for n in model.graph.node if n.op_type == "LeakyRelu"]
+    assert alphas[3] == pytest.approx(-0.3)
+    logits = session(buf.getvalue(), 1).run(None, {"face": x.numpy()})[0]
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), expected, atol=1e-4)

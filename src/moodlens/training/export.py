@@ -83,10 +83,11 @@ def ms_per_face(sess, size: int, batch: int = 32, repeats: int = 30) -> float:
 
 def _architecture(cfg: dict) -> tuple[str, str]:
     """(how the graph scales its input, what the network is) for a member's config."""
-    if cfg.get("arch") == "sface":
+    if cfg.get("arch") in ("sface", "sface-leaky"):
         return ("scales it as SFace was trained, (255 x - 127.5) / 128",
                 "SFace (OpenCV Zoo 2021dec) backbone, face-recognition pretrained, fine-tuned; "
-                "global average pooling and a new 8-way head")
+                + ("its PReLUs replaced by one leaky-ReLU slope per layer; " if cfg["arch"] == "sface-leaky" else "")
+                + "global average pooling and a new 8-way head")
     widths = "-".join(map(str, cfg.get("widths", ())))
     return "standardises each image (mean/std) itself", f"moodlens EmotionNet (small ResNet, widths {widths}, from scratch)"
 

@@ -29,13 +29,14 @@ from moodlens.training.ferplus import aligned_images, load_split, mean_template
 from moodlens.training.net import EmotionNet
 
 
-ARCHS = ("resnet", "sface")
+ARCHS = ("resnet", "sface", "sface-leaky")
 
 
 @dataclass
 class TrainConfig:
     size: int = 48
-    arch: str = "resnet"  # "resnet" (EmotionNet, from scratch) or "sface" (SFace's face-pretrained backbone)
+    arch: str = "resnet"  # "resnet" (EmotionNet, from scratch), "sface" (SFace's face-pretrained backbone)
+    # or "sface-leaky" (the same with one slope per layer: 3x faster in ONNX Runtime)
     widths: tuple[int, ...] = (32, 64, 128, 192)
     depths: tuple[int, ...] = (2, 2, 2)
     dropout: float = 0.3
@@ -133,10 +134,11 @@ def ema_weights(ckpt: dict) -> dict:
 
 def build_net(cfg: TrainConfig, pretrained: bool = True) -> torch.nn.Module:
     """The network ``cfg.arch`` names (SFace's pretrained weights only for a fresh run)."""
-    if cfg.arch == "sface":
+    if cfg.arch in ("sface", "sface-leaky"):
         from moodlens.training.sface_net import SFaceExpressionNet
 
-        return SFaceExpressionNet(dropout=cfg.dropout, pretrained=pretrained)
+        return SFaceExpressionNet(dropout=cfg.dropout, pretrained=pretrained,
+                                  activation="leaky" if cfg.arch == "sface-leaky" else "prelu")
     if cfg.arch not in ARCHS:
         raise ValueError(f"--arch {cfg.arch}: expected one of {', '.join(ARCHS)}")
     return EmotionNet(tuple(cfg.widths), tuple(cfg.depths), dropout=cfg.dropout)
@@ -233,7 +235,12 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
         # A second cosine cycle from a finished run (a warm restart, as in SGDR).
         # The EMA copies these weights at its first update.
         init = torch.load(cfg.init, weights_only=False, map_location=device)
-        model.load_state_dict(ema_weights(init))
+        state = ema_weights(init)
+        if cfg.arch == "sface-leaky" and init["config"].get("arch") == "sface":
+            from moodlens.training.sface_net import layer_slopes
+
+            state = layer_slopes(state)  # a fine-tuned PReLU SFace warm-starts the fast variant
+        model.load_state_dict(state)
         log(f"warm start from {cfg.init} (epoch {init['epoch'] + 1} of its run)")
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, weights_only=False, map_location=device)
