@@ -185,3 +185,25 @@ def test_leaky_sface_exports_fused_leaky_relu_matching_torch():
     assert alphas[3] == pytest.approx(-0.3)
     logits = session(buf.getvalue(), 1).run(None, {"face": x.numpy()})[0]
     np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), expected, atol=1e-4)
+
+
+def test_ensemble_of_two_input_sizes_resizes_in_the_graph(tmp_path):
+    torch = pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
+    import torch.nn.functional as F
+
+    from moodlens.training.export import _MeanProbabilities
+    from moodlens.training.net import EmotionNet
+
+    torch.manual_seed(3)
+    small, large = EmotionNet((8, 8, 16, 16), (1, 1, 1)).eval(), EmotionNet((8, 8, 16, 16), (1, 1, 1)).eval()
+    model = _MeanProbabilities([small, large], [48, 64]).eval()
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        at48 = F.interpolate(x, size=(48, 48), mode="bilinear", align_corners=False)
+        expected = (torch.softmax(small(at48), 1) + torch.softmax(large(x), 1)) / 2
+    buf = io.BytesIO()
+    torch.onnx.export(model, x[:1], buf, input_names=["face"], dynamic_axes={"face": {0: "batch"}}, opset_version=17,
+                      dynamo=False)
+    assert sum(n.op_type == "Resize" for n in onnx.load_from_string(buf.getvalue()).graph.node) == 1
+    got = session(buf.getvalue(), 1).run(None, {"face": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 
 from moodlens.metrics import classification_report
 from moodlens.models import session, sha256_file
@@ -34,14 +35,24 @@ WEIGHTS_STORAGE = {
 
 
 class _MeanProbabilities(torch.nn.Module):
-    """The members' softmax outputs, averaged: an ensemble folded into one graph and one session."""
+    """The members' softmax outputs, averaged: an ensemble folded into one graph and one session.
 
-    def __init__(self, nets: list[torch.nn.Module]):
+    The graph takes faces aligned at the largest member size; a member trained at
+    a smaller size gets them resized in the graph (bilinear). Alignment is in unit
+    coordinates, so that is the same crop: run 3 scores 0.857 on 64 px faces resized
+    to 48 against 0.855 on faces aligned at 48 (FER+ valid).
+    """
+
+    def __init__(self, nets: list[torch.nn.Module], sizes: list[int] | None = None):
         super().__init__()
         self.nets = torch.nn.ModuleList(nets)
+        self.sizes = sizes or [0] * len(nets)  # 0: the input's own size
+        self.input_size = max(self.sizes)
 
     def forward(self, x):
-        probs = [torch.softmax(net(x), dim=1) for net in self.nets]
+        probs = [torch.softmax(net(x if s in (0, self.input_size) else
+                                   F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)), dim=1)
+                 for net, s in zip(self.nets, self.sizes)]
         return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
 
@@ -136,16 +147,14 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion",
         raise ValueError(f"precision {precision}: expected one of {', '.join(PRECISIONS)}")
     paths = list(members or [run_dir / "checkpoint.pt"])
     ckpts = [torch.load(p, weights_only=False, map_location="cpu") for p in paths]
-    sizes = {c["config"]["size"] for c in ckpts}
-    if len(sizes) != 1:
-        raise ValueError(f"ensemble members take different input sizes ({sorted(sizes)}); they must share one")
-    size = sizes.pop()
+    sizes = [c["config"]["size"] for c in ckpts]
+    size = max(sizes)
     run_dir.mkdir(parents=True, exist_ok=True)
     arrays, template, provenance = prepare(data, run_dir, size, log)
     nets = [load_ema(c) for c in ckpts]
-    for net in nets:
-        recalibrate_bn(net, arrays["FER2013Train"]["x"])
-    model = _MeanProbabilities(nets).eval()
+    for net, s in zip(nets, sizes):  # each member's statistics on faces aligned at its own size
+        recalibrate_bn(net, (arrays if s == size else prepare(data, run_dir, s, log)[0])["FER2013Train"]["x"])
+    model = _MeanProbabilities(nets, sizes).eval()
     buf = io.BytesIO()
     torch.onnx.export(model, torch.zeros(1, 1, size, size), buf, input_names=["face"],
                       output_names=["probabilities"], dynamic_axes={"face": {0: "batch"}, "probabilities": {0: "batch"}},
