@@ -23,7 +23,7 @@ from moodlens.metrics import classification_report
 from moodlens.models import session, sha256_file
 from moodlens.models.onnx_utils import quantize_int8, store_weights_float16
 from moodlens.reports.tables import _atomic_write
-from moodlens.training.train import load_ema, prepare
+from moodlens.training.train import SFACE_ARCHS, load_ema, prepare
 from moodlens.types import EMOTIONS
 
 PRECISIONS = ("int8", "float16")
@@ -46,13 +46,12 @@ class _MeanProbabilities(torch.nn.Module):
     def __init__(self, nets: list[torch.nn.Module], sizes: list[int] | None = None):
         super().__init__()
         self.nets = torch.nn.ModuleList(nets)
-        self.sizes = sizes or [0] * len(nets)  # 0: the input's own size
-        self.input_size = max(self.sizes)
+        sizes = sizes or [0] * len(nets)
+        self.resize_to = [None if s == max(sizes) else s for s in sizes]  # None: the input as it is
 
     def forward(self, x):
-        probs = [torch.softmax(net(x if s in (0, self.input_size) else
-                                   F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)), dim=1)
-                 for net, s in zip(self.nets, self.sizes)]
+        probs = [torch.softmax(net(x if s is None else F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)),
+                               dim=1) for net, s in zip(self.nets, self.resize_to)]
         return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
 
 
@@ -94,7 +93,7 @@ def ms_per_face(sess, size: int, batch: int = 32, repeats: int = 30) -> float:
 
 def _architecture(cfg: dict) -> tuple[str, str]:
     """(how the graph scales its input, what the network is) for a member's config."""
-    if cfg.get("arch") in ("sface", "sface-leaky"):
+    if cfg.get("arch") in SFACE_ARCHS:
         return ("scales it as SFace was trained, (255 x - 127.5) / 128",
                 "SFace (OpenCV Zoo 2021dec) backbone, face-recognition pretrained, fine-tuned; "
                 + ("its PReLUs replaced by one leaky-ReLU slope per layer; " if cfg["arch"] == "sface-leaky" else "")
@@ -152,8 +151,9 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion",
     run_dir.mkdir(parents=True, exist_ok=True)
     arrays, template, provenance = prepare(data, run_dir, size, log)
     nets = [load_ema(c) for c in ckpts]
+    train_x = {s: (arrays if s == size else prepare(data, run_dir, s, log)[0])["FER2013Train"]["x"] for s in set(sizes)}
     for net, s in zip(nets, sizes):  # each member's statistics on faces aligned at its own size
-        recalibrate_bn(net, (arrays if s == size else prepare(data, run_dir, s, log)[0])["FER2013Train"]["x"])
+        recalibrate_bn(net, train_x[s])
     model = _MeanProbabilities(nets, sizes).eval()
     buf = io.BytesIO()
     torch.onnx.export(model, torch.zeros(1, 1, size, size), buf, input_names=["face"],

@@ -29,7 +29,8 @@ from moodlens.training.ferplus import aligned_images, load_split, mean_template
 from moodlens.training.net import EmotionNet
 
 
-ARCHS = ("resnet", "sface", "sface-leaky")
+SFACE_ARCHS = {"sface": "prelu", "sface-leaky": "leaky"}  # SFace backbones by their activation
+ARCHS = ("resnet", *SFACE_ARCHS)
 
 
 @dataclass
@@ -134,11 +135,10 @@ def ema_weights(ckpt: dict) -> dict:
 
 def build_net(cfg: TrainConfig, pretrained: bool = True) -> torch.nn.Module:
     """The network ``cfg.arch`` names (SFace's pretrained weights only for a fresh run)."""
-    if cfg.arch in ("sface", "sface-leaky"):
+    if cfg.arch in SFACE_ARCHS:
         from moodlens.training.sface_net import SFaceExpressionNet
 
-        return SFaceExpressionNet(dropout=cfg.dropout, pretrained=pretrained,
-                                  activation="leaky" if cfg.arch == "sface-leaky" else "prelu")
+        return SFaceExpressionNet(dropout=cfg.dropout, pretrained=pretrained, activation=SFACE_ARCHS[cfg.arch])
     if cfg.arch not in ARCHS:
         raise ValueError(f"--arch {cfg.arch}: expected one of {', '.join(ARCHS)}")
     return EmotionNet(tuple(cfg.widths), tuple(cfg.depths), dropout=cfg.dropout)
