@@ -40,25 +40,25 @@ train: $(STAMP)
 # Every run behind the shipped model, in order: runs 1-4, SFace and SFace-leaky (teachers), run 7 (about 7.5 h
 # on 2 CPU cores with AMX), then the runs measured but not shipped (about 3 h more); far less with --device cuda.
 # Each step resumes from its checkpoint, so an interrupted chain picks up where it stopped.
-TEACHERS_64 = $(foreach r,sface sfleaky emotion3 emotion4,--teacher runs/$(r)/checkpoint.pt)
+teachers = $(foreach r,$(1),--teacher runs/$(r)/checkpoint.pt)
 train-all: train
 	$(TRAIN) --out runs/emotion2 --init runs/emotion/checkpoint.pt --lr 0.03 --epochs 30
-	$(TRAIN) --out runs/emotion3 --widths 32,64,128,256 --teacher runs/emotion/checkpoint.pt --teacher runs/emotion2/checkpoint.pt
+	$(TRAIN) --out runs/emotion3 --widths 32,64,128,256 $(call teachers,emotion emotion2)
 	$(TRAIN) --out runs/emotion4 --init runs/emotion3/checkpoint.pt --lr 0.03 --epochs 20 --widths 32,64,128,256 --aug-strength 0.5
 	$(TRAIN) --out runs/sface --arch sface --size 64 --lr 0.02 --epochs 10
 	$(TRAIN) --out runs/sfleaky --arch sface-leaky --size 64 --init runs/sface/checkpoint.pt --lr 0.02 --epochs 12 \
-		$(foreach r,sface emotion3 emotion4,--teacher runs/$(r)/checkpoint.pt)
-	$(TRAIN) --out runs/r64b --size 64 --widths 32,64,128,256 --init runs/emotion4/checkpoint.pt --lr 0.03 --epochs 20 $(TEACHERS_64)
+		$(call teachers,sface emotion3 emotion4)
+	$(TRAIN) --out runs/r64b --size 64 --widths 32,64,128,256 --init runs/emotion4/checkpoint.pt --lr 0.03 --epochs 20 $(call teachers,sface sfleaky emotion3 emotion4)
 	@echo "the shipped model (run 7): runs/r64b/emotion.{onnx,json} (copy into src/moodlens/models/)"
 	# measured, not shipped: the previous shipped pair (runs 3 + 4), run 5, the wide student, SFace-leaky with
 	# run 3, run 6 and the 64 px pair
 	$(TRAIN) --out runs/ens34 --member runs/emotion3/checkpoint.pt --member runs/emotion4/checkpoint.pt
 	$(TRAIN) --out runs/emotion5 --init runs/emotion3/checkpoint.pt --lr 0.03 --epochs 20 --widths 32,64,128,256 \
-		--teacher runs/sface/checkpoint.pt $(foreach r,emotion emotion2 emotion3 emotion4,--teacher runs/$(r)/checkpoint.pt)
+		$(call teachers,sface emotion emotion2 emotion3 emotion4)
 	$(TRAIN) --out runs/wide --widths 48,96,192,384 --epochs 35 \
-		$(foreach r,sface emotion emotion2 emotion3 emotion4 emotion5,--teacher runs/$(r)/checkpoint.pt)
+		$(call teachers,sface emotion emotion2 emotion3 emotion4 emotion5)
 	$(TRAIN) --out runs/ens_sl3 --member runs/sfleaky/checkpoint.pt --member runs/emotion3/checkpoint.pt
-	$(TRAIN) --out runs/r64 --size 64 --widths 32,64,128,256 --init runs/emotion3/checkpoint.pt --lr 0.03 --epochs 20 $(TEACHERS_64)
+	$(TRAIN) --out runs/r64 --size 64 --widths 32,64,128,256 --init runs/emotion3/checkpoint.pt --lr 0.03 --epochs 20 $(call teachers,sface sfleaky emotion3 emotion4)
 	$(TRAIN) --out runs/ens64 --member runs/r64/checkpoint.pt --member runs/r64b/checkpoint.pt
 
 clean:

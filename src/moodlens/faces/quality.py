@@ -7,7 +7,8 @@ say; saturating ramps keep the product near 1 for an ordinary good face. Every
 factor is monotone in its measurement, so the score is too.
 
 - size: short side of the box, log ramp 20 px -> 0 to 80 px -> 1 (40 px ~ 0.5);
-  the emotion model sees 48 px crops, so below ~30 px there is little to see.
+  the emotion model was trained on 48 px FER+ faces (seen at 64 px), so below ~30 px
+  there is little to see.
 - sharpness: variance of the Laplacian of the grey face resampled to 64 px (about
   the emotion model's input), so it measures detail at the resolution that is
   used, whatever the face size; log ramp 30 -> 0 to 300 -> 1. On FDDB, aligned
