@@ -7,14 +7,15 @@ say; saturating ramps keep the product near 1 for an ordinary good face. Every
 factor is monotone in its measurement, so the score is too.
 
 - size: short side of the box, log ramp 20 px -> 0 to 80 px -> 1 (40 px ~ 0.5);
-  the emotion model was trained on 48 px FER+ faces (seen at 64 px), so below ~30 px
+  the emotion model was trained on 48 px FER+ faces (seen at 80 px), so below ~30 px
   there is little to see.
-- sharpness: variance of the Laplacian of the grey face resampled to 64 px (about
-  the emotion model's input), so it measures detail at the resolution that is
-  used, whatever the face size; log ramp 30 -> 0 to 300 -> 1. On FDDB, aligned
-  faces >= 60 px give 236 (5th percentile) / 712 (median); the same faces blurred
-  with sigma 1.5 px a median of 165, with sigma 3 px 41. Not divided by the grey
-  variance: that would make low-contrast patches read sharp from noise alone.
+- sharpness: variance of the Laplacian of the grey face resampled to 64 px (between
+  FER+'s 48 px and the emotion model's 80 px input), so it measures detail at one
+  resolution near the one used, whatever the face size; log ramp 30 -> 0 to
+  300 -> 1. On FDDB, aligned faces >= 60 px give 236 (5th percentile) / 712
+  (median); the same faces blurred with sigma 1.5 px a median of 165, with sigma
+  3 px 41. Not divided by the grey variance: that would make low-contrast
+  patches read sharp from noise alone.
 - pose: yaw from the 5 landmarks (nose-tip offset from the eye-mouth midline,
   over the eye distance; with the nose tip standing ~0.5 eye distances in front
   of the eye/mouth plane, offset/eye_distance = 0.5 tan(yaw)), ramp 25 deg -> 1 to
