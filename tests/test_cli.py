@@ -93,3 +93,16 @@ def test_eval_emotion_reads_class_folders(tmp_path, layout):
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert rep["layout"] == "folders" and rep["n"] >= 50 and rep["accuracy"] > 0.5
+
+
+def test_flip_tta_reaches_analyze_and_eval(tmp_path):
+    """--flip-tta changes the emotion model's recorded version, so flipped and plain scores never mix unnoticed."""
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    r = _cli("analyze", shared("video", "pyfeat", "single_face.mp4"), "--fps", "1", "--db", db,
+             "--out", tmp_path / "o", "--json", "--flip-tta")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["models"]["emotion"].endswith("+flip")
+    ev = _cli("eval", "emotion", shared("ferplus", "FER2013Valid"), "--limit", "40", "--json", "--flip-tta")
+    assert ev.returncode == 0, ev.stderr
+    rep = json.loads(ev.stdout)
+    assert rep["model"].endswith("+flip") and rep["flip_agreement"] == 1.0

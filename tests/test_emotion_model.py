@@ -11,7 +11,7 @@ import pytest
 
 import moodlens
 from moodlens.errors import ModelError
-from moodlens.faces.emotion import EmotionClassifier
+from moodlens.faces.emotion import EmotionClassifier, tight_crop_input
 from moodlens.models import ModelCard, default_emotion_card, packaged_dir, sha256_file
 from moodlens.training.ferplus import read_labels
 from moodlens.types import EMOTIONS
@@ -75,3 +75,17 @@ def test_accuracy_and_flip_stability_on_ferplus_valid():
     # every class the set contains is predicted at least sometimes (no collapsed model)
     for c in (0, 1, 2, 3, 4):
         assert (pred == c).any(), f"{EMOTIONS[c]} never predicted"
+
+
+def test_flip_tta_scores_a_face_and_its_mirror_the_same():
+    """Averaging with the mirror image: exactly mirror-invariant, the plain mean of both views, its own version."""
+    crops, _ = _ferplus_valid(64)
+    plain, tta = EmotionClassifier(), EmotionClassifier(flip=True)
+    x = np.stack([tight_crop_input(c, plain.size, plain.template) for c in crops])
+    mirrored = np.ascontiguousarray(x[..., ::-1])
+    p = tta.predict(x)
+    np.testing.assert_allclose(p, tta.predict(mirrored), atol=1e-5)
+    np.testing.assert_allclose(p, (plain.predict(x) + plain.predict(mirrored)) / 2, atol=1e-5)
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-4)
+    assert tta.version == plain.version + "+flip"
+    assert np.abs(plain.predict(x) - plain.predict(mirrored)).max() > 1e-3  # so the invariance is not vacuous

@@ -15,6 +15,8 @@ out_console = Console()
 err_console = Console(stderr=True)
 
 DbOpt = Annotated[str, typer.Option("--db", help="Database URL: SQLite file (default) or postgresql+psycopg://…")]
+FlipOpt = Annotated[bool, typer.Option("--flip-tta", help="Average each face's emotions with its mirror image's: "
+                                                          "a little more accurate, twice the emotion model's time.")]
 
 
 def friendly(fn):

@@ -20,9 +20,17 @@ from moodlens.types import EMOTIONS
 
 
 class EmotionClassifier:
-    """Probabilities over the FER+ eight for aligned faces, in ``EMOTIONS`` order."""
+    """Probabilities over the FER+ eight for aligned faces, in ``EMOTIONS`` order.
 
-    def __init__(self, card: ModelCard | None = None, batch_size: int = 64, threads: int | None = None):
+    ``flip=True`` averages each face with its mirror image (test-time
+    augmentation): the alignment template is mirror-symmetric, so the mirrored
+    crop is the crop of the mirrored face. It doubles the model's time and makes
+    a face and its mirror score the same (0.1-0.5 points more FER+ valid
+    accuracy for every network measured).
+    """
+
+    def __init__(self, card: ModelCard | None = None, batch_size: int = 64, threads: int | None = None,
+                 flip: bool = False):
         self.card = card or default_emotion_card()
         if tuple(self.card.classes) != EMOTIONS:
             raise ValueError(f"{self.card.path}: classes {self.card.classes} are not the FER+ eight")
@@ -31,10 +39,12 @@ class EmotionClassifier:
         self.size = self.card.input_size
         self.template = np.asarray(self.card.template, np.float32)
         self.batch_size = batch_size
+        self.flip = flip
 
     @property
     def version(self) -> str:
-        return f"{self.card.name}@{self.card.version}"
+        """Model name and version; ``+flip`` when mirror images are averaged in (different scores)."""
+        return f"{self.card.name}@{self.card.version}" + ("+flip" if self.flip else "")
 
     def crops(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """The model's input crops (N, S, S) uint8 grey for faces with ``landmarks`` in ``image``."""
@@ -48,7 +58,10 @@ class EmotionClassifier:
         out = []
         for i in range(0, len(crops), self.batch_size):
             x = crops[i : i + self.batch_size].astype(np.float32)[:, None] / 255.0
-            out.append(self.session.run(None, {self.input: x})[0])
+            p = self.session.run(None, {self.input: x})[0]
+            if self.flip:
+                p = (p + self.session.run(None, {self.input: np.ascontiguousarray(x[..., ::-1])})[0]) / 2
+            out.append(p)
         return np.concatenate(out).astype(np.float32)
 
     def __call__(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
