@@ -181,8 +181,8 @@ def query(
         elif suffix == ".jsonl":
             write_jsonl(out, records)
         elif suffix == ".json":
-            from moodlens.reports.tables import _atomic_write
-            _atomic_write(out, lambda f: json.dump(records, f, indent=2))
+            from moodlens.atomic import atomic_write
+            atomic_write(out, lambda f: json.dump(records, f, indent=2))
         else:
             raise MoodlensError(f"{out}: unknown export format; use .csv, .json or .jsonl")
         out_console.print(f"{len(records)} rows: {out}")

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from moodlens.reports.tables import REPORT_FROM_MODEL, SCORED, _atomic_write, summary
+from moodlens.atomic import atomic_write
+from moodlens.reports.tables import REPORT_FROM_MODEL, SCORED, summary
 
 # report column (seed name) -> model class, in the page's order
 COLUMNS: tuple[str, ...] = ("happy", "surprised", "calm", "sad", "angry", "disgusted", "fear", "contempt")
@@ -471,7 +472,7 @@ disgusted = disgust; <em>confused</em> and <em>unknown</em> have no model class.
 Emotion scores are model estimates of facial expressions, not of what people feel.</footer>
 </body></html>
 """
-    return _atomic_write(out, lambda f: f.write(page))
+    return atomic_write(out, lambda f: f.write(page))
 
 
 __all__ = ["COLUMNS", "DEFINITIONS", "NEGATIVE", "POSITIVE", "face_thumbnails", "per_second", "smooth", "top_moments",

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from moodlens.atomic import atomic_write
 
 SEED_COLUMNS = ("seq", "id", "happy", "sad", "angry", "confused", "disgusted", "surprised", "calm", "unknown")
 RECORD_COLUMNS = SEED_COLUMNS + ("fear", "contempt", "time_s", "frame", "track", "x", "y", "w", "h", "quality")
@@ -59,35 +60,19 @@ def summary(observations: Sequence[dict], sample_fps: float | None) -> list[dict
     return rows
 
 
-def _atomic_write(path: Path, write, binary: bool = False) -> Path:
-    """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``:
-    a killed run leaves the previous file whole, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with (open(tmp, "wb") if binary else open(tmp, "w", newline="", encoding="utf-8")) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
     def write(f):
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
     def write(f):
         for r in rows:
             f.write(json.dumps(r, separators=(",", ":")) + "\n")
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def export_tables(out: Path, observations: Sequence[dict], models: dict, sample_fps: float | None) -> dict[str, Path]:

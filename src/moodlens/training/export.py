@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from moodlens.metrics import classification_report
 from moodlens.models import session, sha256_file
 from moodlens.models.onnx_utils import quantize_int8, store_weights_float16
-from moodlens.reports.tables import _atomic_write
+from moodlens.atomic import atomic_write
 from moodlens.training.train import SFACE_ARCHS, load_ema, prepare
 from moodlens.types import EMOTIONS
 
@@ -230,8 +230,8 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion",
     }
     # each file is replaced atomically; were the export killed between the two, the card's SHA-256
     # would refuse the new model at load rather than describe it wrongly
-    _atomic_write(run_dir / "emotion.onnx", lambda f: f.write(blob), binary=True)
-    card_path = _atomic_write(run_dir / "emotion.json", lambda f: json.dump(card, f, indent=2))
+    atomic_write(run_dir / "emotion.onnx", lambda f: f.write(blob), binary=True)
+    card_path = atomic_write(run_dir / "emotion.json", lambda f: json.dump(card, f, indent=2))
     log(f"FER+ valid accuracy {report['accuracy']:.4f}, ECE {report['ece']:.4f}, "
         f"flip agreement {report['flip_agreement']:.4f} ({precision}; float32 {float_acc:.4f}), {speed:.2f} ms/face, {len(blob) / 1e6:.2f} MB")
     return card_path

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from moodlens.atomic import atomic_write
 from moodlens.models import sha256_file
-from moodlens.reports.tables import _atomic_write
 from moodlens.training.augment import augment
 from moodlens.training.ferplus import aligned_images, load_split, mean_template
 from moodlens.training.net import EmotionNet
@@ -58,12 +58,6 @@ class TrainConfig:
     teacher_weight: float = 0.5  # target = (1 - w) * votes + w * teachers
     aug_strength: float = 1.0  # scales every augmentation's range and rate (flips excepted)
     extra: dict = field(default_factory=dict)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -195,7 +189,7 @@ def cached_teacher_targets(out: Path, cfg: TrainConfig, data_sha256: str, bf16: 
     if path.is_file():
         return np.load(path)
     soft = compute()
-    _atomic_write(path, lambda f: np.save(f, soft), binary=True)
+    atomic_write(path, lambda f: np.save(f, soft), binary=True)
     return soft
 
 
@@ -285,9 +279,10 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
         history.append({"epoch": epoch, "loss": tot / steps, "valid_acc_ema": acc, "valid_acc": acc_live,
                         "seconds": time.time() - t0})
         log(json.dumps(history[-1]))
-        _atomic_save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                      "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "aug_device": device.type, "epoch": epoch, "history": history, "config": asdict(cfg),
-                      "template": template.tolist()}, ckpt_path)
+        state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                 "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "aug_device": device.type, "epoch": epoch,
+                 "history": history, "config": asdict(cfg), "template": template.tolist()}
+        atomic_write(ckpt_path, lambda f: torch.save(state, f), binary=True)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(history[-1]) + "\n")
     return ckpt_path
