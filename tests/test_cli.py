@@ -93,6 +93,17 @@ def test_eval_emotion_reads_class_folders(tmp_path, layout):
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert rep["layout"] == "folders" and rep["n"] >= 50 and rep["accuracy"] > 0.5
+    assert "ece_votes" not in rep  # no votes in this layout
+
+
+def test_eval_emotion_on_ferplus_scores_calibration_against_the_votes():
+    """The model is trained on vote shares, so its confidence should match the share of annotators
+    who agree with it, much more closely than it matches the majority label."""
+    out = _cli("eval", "emotion", shared("ferplus", "FER2013Valid"), "--limit", "300", "--json")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["layout"] == "ferplus" and rep["n"] == 300
+    assert rep["ece_votes"] < 0.07 and rep["ece_votes"] < rep["ece"] / 2, (rep["ece_votes"], rep["ece"])
 
 
 def test_flip_tta_reaches_analyze_and_eval(tmp_path):

@@ -156,7 +156,9 @@ def eval_emotion(
     out_console.print(f"[bold]{report['model']}[/] on {data} ({report['layout']} layout): "
                       f"{report['n']} faces, scored over {len(report['classes'])} classes")
     out_console.print(f"accuracy {report['accuracy']:.4f}   balanced {report['balanced_accuracy']:.4f}   "
-                      f"ECE {report['ece']:.4f}   flip agreement {report['flip_agreement']:.4f}   "
+                      f"ECE {report['ece']:.4f}"
+                      + (f" (against the votes {report['ece_votes']:.4f})" if "ece_votes" in report else "")
+                      + f"   flip agreement {report['flip_agreement']:.4f}   "
                       f"{report['ms_per_face']:.2f} ms/face")
     cm = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
     cm.add_column("true \\ pred")

@@ -10,21 +10,35 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
 
 
-def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
-    """ECE over equal-width confidence bins (Guo et al. 2017)."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == y_true
+def _binned_gap(conf: np.ndarray, target: np.ndarray, bins: int) -> float:
+    """Mean |target - confidence| within equal-width confidence bins, weighted by bin size."""
     edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
+    gap = 0.0
     for lo, hi in zip(edges[:-1], edges[1:]):
         m = (conf > lo) & (conf <= hi)
         if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
+            gap += m.mean() * abs(target[m].mean() - conf[m].mean())
+    return float(gap)
 
 
-def classification_report(probs: np.ndarray, y_true: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy, per-class recall, confusion matrix and ECE as plain JSON-able values."""
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """ECE over equal-width confidence bins (Guo et al. 2017)."""
+    return _binned_gap(probs.max(1), (probs.argmax(1) == y_true).astype(float), bins)
+
+
+def vote_calibration_error(probs: np.ndarray, shares: np.ndarray, bins: int = 15) -> float:
+    """ECE against the annotators rather than the majority: the target of a prediction is
+    the share of annotators who chose the predicted class. A model trained on vote
+    distributions should say 0.6 where 6 of 10 annotators agree; against the majority
+    label that reads as under-confidence, against the votes it is exact."""
+    pred = probs.argmax(1)
+    return _binned_gap(probs.max(1), shares[np.arange(len(pred)), pred], bins)
+
+
+def classification_report(probs: np.ndarray, y_true: np.ndarray, classes: list[str],
+                          shares: np.ndarray | None = None) -> dict:
+    """Accuracy, per-class recall, confusion matrix and ECE as plain JSON-able values;
+    with annotators' vote ``shares`` (rows summing to 1), also ``ece_votes``."""
     n = len(classes)
     pred = probs.argmax(1)
     cm = confusion(y_true, pred, n)
@@ -39,4 +53,5 @@ def classification_report(probs: np.ndarray, y_true: np.ndarray, classes: list[s
         "ece": expected_calibration_error(probs, y_true) if len(y_true) else 0.0,
         "classes": list(classes),
         "confusion": cm.tolist(),
+        **({"ece_votes": vote_calibration_error(probs, shares)} if shares is not None and len(y_true) else {}),
     }

@@ -45,15 +45,17 @@ def _canonical(name: str) -> str | None:
     return ALIASES.get(key)
 
 
-def read_dataset(root: Path) -> tuple[str, list[Path], np.ndarray]:
-    """(layout, image paths, labels as EMOTIONS indices)."""
+def read_dataset(root: Path) -> tuple[str, list[Path], np.ndarray, np.ndarray | None]:
+    """(layout, image paths, labels as EMOTIONS indices, each image's vote shares over
+    EMOTIONS where the layout has votes, else None)."""
     if not root.is_dir():
         raise MoodlensError(f"{root}: not a folder")
     if (root / "label.csv").is_file():
         files, votes = read_labels(root)
         keep = votes.argmax(1) < 8
         paths = [root / f for f, k in zip(files, keep) if k]
-        return "ferplus", paths, votes[keep, :8].argmax(1)
+        v = votes[keep, :8].astype(np.float64)
+        return "ferplus", paths, v.argmax(1), v / v.sum(1, keepdims=True)
     paths, labels, unknown = [], [], []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         cls = _canonical(sub.name)
@@ -67,7 +69,7 @@ def read_dataset(root: Path) -> tuple[str, list[Path], np.ndarray]:
     if not paths:
         raise MoodlensError(f"{root}: no label.csv and no class folders with images"
                             + (f" (unrecognised folders: {', '.join(unknown[:8])})" if unknown else ""))
-    return "folders", paths, np.asarray(labels)
+    return "folders", paths, np.asarray(labels), None
 
 
 def model_input(image: np.ndarray, clf: EmotionClassifier) -> tuple[np.ndarray, str]:
@@ -88,9 +90,10 @@ def model_input(image: np.ndarray, clf: EmotionClassifier) -> tuple[np.ndarray, 
 def evaluate_dataset(root: Path, classifier: EmotionClassifier | None = None, limit: int | None = None,
                      progress: Callable[[int, int], None] | None = None) -> dict:
     clf = classifier or default_classifier()
-    layout, paths, labels = read_dataset(Path(root))
+    layout, paths, labels, shares = read_dataset(Path(root))
     if limit:
         paths, labels = paths[:limit], labels[:limit]
+        shares = None if shares is None else shares[:limit]
     inputs, kinds = [], {"scene": 0, "crop": 0}
     for i, p in enumerate(paths):
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -111,7 +114,9 @@ def evaluate_dataset(root: Path, classifier: EmotionClassifier | None = None, li
     sub = sub / sub.sum(1, keepdims=True)
     remap = {c: i for i, c in enumerate(present)}
     y = np.array([remap[v] for v in labels])
-    report = classification_report(sub, y, [EMOTIONS[c] for c in present])
+    if shares is not None:  # the votes for absent classes leave with them, as their probabilities do
+        shares = shares[:, present] / shares[:, present].sum(1, keepdims=True)
+    report = classification_report(sub, y, [EMOTIONS[c] for c in present], shares)
     report.update(
         model=clf.version, layout=layout, data=str(root), faces_from=kinds, ms_per_face=ms,
         flip_agreement=float((probs[:, present].argmax(1) == flipped[:, present].argmax(1)).mean()),

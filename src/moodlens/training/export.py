@@ -169,7 +169,7 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion",
     sess = session(blob, threads=2)
     probs = onnx_probs(sess, va["x"])
     flipped = onnx_probs(sess, va["x"][:, :, ::-1].copy())
-    report = classification_report(probs, va["y"], list(EMOTIONS))
+    report = classification_report(probs, va["y"], list(EMOTIONS), va["dist"])
     report["flip_agreement"] = float((probs.argmax(1) == flipped.argmax(1)).mean())
     # soft-label agreement: expected accuracy against one random annotator
     report["annotator_agreement"] = float((va["dist"][np.arange(len(probs)), probs.argmax(1)]).mean())
@@ -232,6 +232,7 @@ def export(run_dir: Path, data: Path, log=print, name: str = "moodlens-emotion",
     # would refuse the new model at load rather than describe it wrongly
     atomic_write(run_dir / "emotion.onnx", lambda f: f.write(blob), binary=True)
     card_path = atomic_write(run_dir / "emotion.json", lambda f: json.dump(card, f, indent=2))
-    log(f"FER+ valid accuracy {report['accuracy']:.4f}, ECE {report['ece']:.4f}, "
+    log(f"FER+ valid accuracy {report['accuracy']:.4f}, ECE {report['ece']:.4f} (against the votes "
+        f"{report['ece_votes']:.4f}), "
         f"flip agreement {report['flip_agreement']:.4f} ({precision}; float32 {float_acc:.4f}), {speed:.2f} ms/face, {len(blob) / 1e6:.2f} MB")
     return card_path
