@@ -142,7 +142,8 @@ def eval_emotion(
     limit: Annotated[Optional[int], typer.Option(help="Score only the first N images.")] = None,
     flip_tta: FlipOpt = False,
 ):
-    """Accuracy, per-class recall, confusion matrix and calibration error (ECE) of the emotion model."""
+    """Accuracy, per-class recall, confusion matrix and calibration error (ECE) of the emotion model;
+    with FER+ votes, also the ECE against the votes (the share of annotators who chose each prediction)."""
     from moodlens.evaluation.emotion import evaluate_dataset
     from moodlens.faces.emotion import EmotionClassifier
 
