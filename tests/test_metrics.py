@@ -10,9 +10,8 @@ from moodlens.metrics import classification_report, expected_calibration_error, 
 def _votes(n: int, seed: int = 0) -> np.ndarray:
     """Vote shares of 10 annotators over 8 classes, one row per face."""
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(10, rng.dirichlet(np.full(8, 0.3), size=n)[0], size=n).astype(float)
-    counts[:, 0] += 1  # no all-zero row
-    return counts / counts.sum(1, keepdims=True)
+    counts = np.stack([rng.multinomial(10, p) for p in rng.dirichlet(np.full(8, 0.3), size=n)])
+    return counts / 10.0
 
 
 def test_a_model_that_predicts_the_vote_shares_is_calibrated_against_votes_not_the_majority():
