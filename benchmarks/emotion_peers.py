@@ -35,9 +35,9 @@ from _util import DATA, need
 from moodlens.faces.align import ARCFACE_112, align
 from moodlens.faces.detect import landmarks_in_crop
 from moodlens.faces.emotion import default_classifier
-from moodlens.metrics import expected_calibration_error, vote_calibration_error
+from moodlens.metrics import expected_calibration_error, restrict, vote_calibration_error
 from moodlens.models import session
-from moodlens.training.ferplus import read_labels
+from moodlens.training.ferplus import read_labels, vote_shares
 from moodlens.types import EMOTIONS
 
 CACHE = Path(__file__).parent / ".cache"
@@ -108,7 +108,7 @@ def main() -> None:
     keep = votes.argmax(1) < 8
     files = [f for f, k in zip(files, keep) if k][: args.limit]
     y = votes[keep, :8].argmax(1)[: args.limit]
-    v8 = votes[keep, :8][: args.limit].astype(np.float64)
+    shares = vote_shares(votes[keep])[: args.limit]
     grey = np.stack([cv2.imread(str(args.data / f), cv2.IMREAD_GRAYSCALE) for f in files])
     lms = [landmarks_in_crop(g) for g in grey]
     clf = default_classifier()
@@ -126,7 +126,7 @@ def main() -> None:
     seven = [EMOTIONS.index(c) for c in EMOTIONS if c != "contempt"]
     rows7 = y != EMOTIONS.index("contempt")
     y7 = np.array([seven.index(v) for v in y[rows7]])
-    shares7 = v8[rows7][:, seven] / v8[rows7][:, seven].sum(1, keepdims=True)  # contempt votes leave with the class
+    shares7 = restrict(shares[rows7], seven)  # contempt votes leave with the class
     table = Table(title=f"emotion models on {args.data.name} ({len(y)} faces, majority label)")
     for c in ("model", "acc (8 classes)", "acc (7, no contempt)", "balanced acc (7)", "ECE (7)", "ECE votes (7)",
               "flip agreement",
@@ -137,8 +137,7 @@ def main() -> None:
         p = predict(x)
         ms = (time.perf_counter() - t) / len(x) * 1000
         pf = predict(x[:, :, ::-1].copy())
-        p7 = p[rows7][:, seven]
-        p7 = p7 / np.maximum(p7.sum(1, keepdims=True), 1e-9)
+        p7 = restrict(p[rows7], seven)
         pred7 = p7.argmax(1)
         recall = [float((pred7[y7 == k] == k).mean()) for k in range(7) if (y7 == k).any()]
         table.add_row(name, f"{(p.argmax(1) == y).mean():.4f}", f"{(pred7 == y7).mean():.4f}", f"{np.mean(recall):.4f}",

@@ -10,6 +10,13 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
 
 
+def restrict(probs: np.ndarray, classes: list[int]) -> np.ndarray:
+    """Distributions over a subset of the classes, renormalised: how a set without some
+    classes (a 7-class set has no contempt) is scored."""
+    sub = probs[:, classes]
+    return sub / np.maximum(sub.sum(1, keepdims=True), 1e-9)
+
+
 def _binned_gap(conf: np.ndarray, target: np.ndarray, bins: int) -> float:
     """Mean |target - confidence| within equal-width confidence bins, weighted by bin size."""
     edges = np.linspace(0, 1, bins + 1)

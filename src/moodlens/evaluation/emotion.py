@@ -21,8 +21,8 @@ from moodlens.errors import MoodlensError
 from moodlens.faces.align import align_batch
 from moodlens.faces.detect import detect_faces
 from moodlens.faces.emotion import EmotionClassifier, default_classifier, tight_crop_input
-from moodlens.metrics import classification_report
-from moodlens.training.ferplus import read_labels
+from moodlens.metrics import classification_report, restrict
+from moodlens.training.ferplus import read_labels, vote_shares
 from moodlens.types import EMOTIONS
 
 ALIASES = {
@@ -54,8 +54,7 @@ def read_dataset(root: Path) -> tuple[str, list[Path], np.ndarray, np.ndarray | 
         files, votes = read_labels(root)
         keep = votes.argmax(1) < 8
         paths = [root / f for f, k in zip(files, keep) if k]
-        v = votes[keep, :8].astype(np.float64)
-        return "ferplus", paths, v.argmax(1), v / v.sum(1, keepdims=True)
+        return "ferplus", paths, votes[keep, :8].argmax(1), vote_shares(votes[keep])
     paths, labels, unknown = [], [], []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         cls = _canonical(sub.name)
@@ -110,13 +109,12 @@ def evaluate_dataset(root: Path, classifier: EmotionClassifier | None = None, li
     ms = (time.perf_counter() - t) / len(x) * 1000
     flipped = clf.predict(x[:, :, ::-1].copy())
     present = sorted(set(labels.tolist()))
-    sub = probs[:, present]
-    sub = sub / sub.sum(1, keepdims=True)
+    sub = restrict(probs, present)
     remap = {c: i for i, c in enumerate(present)}
     y = np.array([remap[v] for v in labels])
-    if shares is not None:  # the votes for absent classes leave with them, as their probabilities do
-        shares = shares[:, present] / shares[:, present].sum(1, keepdims=True)
-    report = classification_report(sub, y, [EMOTIONS[c] for c in present], shares)
+    # the votes for absent classes leave with them, as their probabilities do
+    report = classification_report(sub, y, [EMOTIONS[c] for c in present],
+                                   None if shares is None else restrict(shares, present))
     report.update(
         model=clf.version, layout=layout, data=str(root), faces_from=kinds, ms_per_face=ms,
         flip_agreement=float((probs[:, present].argmax(1) == flipped[:, present].argmax(1)).mean()),

@@ -43,8 +43,14 @@ class FerSplit:
 
     @property
     def distribution(self) -> np.ndarray:
-        v = self.votes[:, :8].astype(np.float32)
-        return v / np.maximum(v.sum(1, keepdims=True), 1)
+        return vote_shares(self.votes)
+
+
+def vote_shares(votes: np.ndarray) -> np.ndarray:
+    """Each row's votes for the eight emotions as shares summing to 1 (unknown and
+    not-a-face votes dropped)."""
+    v = votes[:, :8].astype(np.float32)
+    return v / np.maximum(v.sum(1, keepdims=True), 1)
 
 
 def read_labels(folder: Path) -> tuple[list[str], np.ndarray]:
