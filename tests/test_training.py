@@ -207,3 +207,35 @@ def test_ensemble_of_two_input_sizes_resizes_in_the_graph(tmp_path):
     assert sum(n.op_type == "Resize" for n in onnx.load_from_string(buf.getvalue()).graph.node) == 1
     got = session(buf.getvalue(), 1).run(None, {"face": x.numpy()})[0]
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+
+
+def test_online_teachers_judge_the_augmented_batch_each_at_its_own_size(tmp_path):
+    torch = pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
+    import torch.nn.functional as F
+    from dataclasses import asdict
+
+    from moodlens.training.net import EmotionNet
+    from moodlens.training.train import TrainConfig, load_teacher, online_teacher_targets
+
+    nets = []
+    for seed, size in ((1, 48), (2, 64)):
+        cfg = TrainConfig(widths=(8, 8, 16, 16), depths=(1, 1, 1), size=size)
+        torch.manual_seed(seed)
+        net = EmotionNet(cfg.widths, cfg.depths)
+        path = tmp_path / f"t{size}.pt"
+        torch.save({"ema": torch.optim.swa_utils.AveragedModel(net, use_buffers=True).state_dict(), "config": asdict(cfg)}, path)
+        nets.append((net.eval(), size))
+    teachers = [load_teacher(str(tmp_path / f"t{s}.pt")) for s in (48, 64)]
+    assert [s for _, s in teachers] == [48, 64] and not any(n.training for n, _ in teachers)
+    x = torch.rand(6, 1, 48, 48)
+    soft = online_teacher_targets(teachers, x)
+    with torch.no_grad():
+        up = F.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+        expected = (torch.softmax(nets[0][0](x), 1) + torch.softmax(nets[1][0](up), 1)) / 2
+    torch.testing.assert_close(soft, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(soft.sum(1), torch.ones(6), atol=1e-5, rtol=0)
+    assert not soft.requires_grad  # targets, not a path for the student's gradient
+    # the target follows the view: a face blacked out gets another target than the face itself
+    blank = x.clone()
+    blank[:3] = 0
+    assert (online_teacher_targets(teachers, blank)[:3] - soft[:3]).abs().max() > 1e-4

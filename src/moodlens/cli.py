@@ -186,6 +186,8 @@ def eval_emotion(
 
   moodlens train emotion --data ../shared/data/ferplus --out runs/sfleaky --arch sface-leaky --size 64 --init runs/sface/checkpoint.pt --lr 0.02 --epochs 12 --teacher runs/sface/checkpoint.pt   (its fast variant)
 
+  moodlens train emotion --data ../shared/data/ferplus --out runs/r80o --size 80 --widths 32,64,128,256 --init runs/r80/checkpoint.pt --lr 0.02 --epochs 12 --teacher runs/r80/checkpoint.pt --teacher runs/s64c2/checkpoint.pt --online-teachers   (teachers judge every augmented batch)
+
   moodlens train emotion --data ../shared/data/ferplus --out runs/ens --member runs/wide/checkpoint.pt --member runs/emotion3/checkpoint.pt   (two finished runs averaged in one exported model)
 
   moodlens train emotion --data ../shared/data/ferplus --out runs/gpu --device cuda   (on a GPU; checkpoints load on a CPU machine too)
@@ -210,6 +212,9 @@ def train_emotion(
     teacher: Annotated[Optional[list[Path]], typer.Option(help="A finished run's checkpoint.pt whose predictions "
                                                                 "soften the targets (repeat for an ensemble).")] = None,
     teacher_weight: Annotated[float, typer.Option(help="Share of the teachers in the targets (the rest: votes).")] = 0.5,
+    online_teachers: Annotated[bool, typer.Option("--online-teachers", help="The teachers judge every augmented batch "
+                                                  "the student sees (consistent targets; slower) instead of the clean "
+                                                  "crops once.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda (cuda:N) or auto: a GPU when PyTorch sees one.")] = "auto",
     aug_strength: Annotated[float, typer.Option(help="Scales every augmentation's range and rate (flips excepted).")] = 1.0,
     member: Annotated[Optional[list[Path]], typer.Option(help="A finished run's checkpoint.pt: export the mean of these "
@@ -250,7 +255,8 @@ def train_emotion(
         train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None, **shape,
                                      arch=arch, size=size,
                                      device=device, aug_strength=aug_strength,
-                                     teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight), log=log)
+                                     teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight,
+                                     online_teachers=online_teachers), log=log)
     try:
         card = export(out, data, log=log, precision=precision, members=member)
     except ValueError as e:

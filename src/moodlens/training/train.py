@@ -56,6 +56,7 @@ class TrainConfig:
     teachers: tuple[str, ...] = ()  # finished runs' checkpoints whose averaged predictions soften the targets
     teacher_sha256: tuple[str, ...] = ()  # recorded hashes of those checkpoints
     teacher_weight: float = 0.5  # target = (1 - w) * votes + w * teachers
+    online_teachers: bool = False  # teachers judge each augmented batch, not the clean crops once
     aug_strength: float = 1.0  # scales every augmentation's range and rate (flips excepted)
     extra: dict = field(default_factory=dict)
 
@@ -159,6 +160,12 @@ def evaluate(model: torch.nn.Module, x: np.ndarray, batch: int = 512, bf16: bool
     return np.concatenate(out)
 
 
+def load_teacher(path: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, int]:
+    """A finished run's EMA network (eval mode, channels-last on ``device``) and its input size."""
+    ckpt = torch.load(path, weights_only=False, map_location="cpu")
+    return load_ema(ckpt).to(device, memory_format=torch.channels_last), ckpt["config"].get("size", 48)
+
+
 def teacher_targets(paths: tuple[str, ...], x: np.ndarray, device: str | torch.device = "cpu",
                     images_at=None, bf16: bool = False) -> np.ndarray:
     """Mean probabilities of finished runs (EMA weights, each image and its mirror) on ``x``.
@@ -172,12 +179,28 @@ def teacher_targets(paths: tuple[str, ...], x: np.ndarray, device: str | torch.d
     """
     total = np.zeros((len(x), 8), np.float32)
     for path in paths:
-        ckpt = torch.load(path, weights_only=False, map_location="cpu")
-        size = ckpt["config"].get("size", 48)
+        net, size = load_teacher(path, device)
         xs = x if size == x.shape[-1] else images_at(size)
-        net = load_ema(ckpt).to(device, memory_format=torch.channels_last)
         total += evaluate(net, xs, bf16=bf16) + evaluate(net, np.ascontiguousarray(xs[:, :, ::-1]), bf16=bf16)
     return total / (2 * len(paths))
+
+
+def online_teacher_targets(teachers: list[tuple[torch.nn.Module, int]], x: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """Mean probabilities of ``teachers`` on the student's own augmented batch ``x`` (B, 1, S, S in 0..1).
+
+    "Consistent teaching" (Beyer et al. 2022): a teacher that sees the very crop
+    the student sees says how much expression is left after an occluder, a blur or
+    a 20 px downscale, where a target fixed on the clean crop asks the student to
+    find an expression that is no longer there. A teacher trained at another size
+    gets the batch resampled (antialiased) to its size.
+    """
+    total = torch.zeros(len(x), 8, device=x.device)
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        for net, size in teachers:
+            xs = x if size == x.shape[-1] else F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                                              align_corners=False)
+            total += torch.softmax(net(xs.contiguous(memory_format=torch.channels_last)).float(), 1)
+    return total / len(teachers)
 
 
 def cached_teacher_targets(out: Path, cfg: TrainConfig, data_sha256: str, bf16: bool, compute) -> np.ndarray:
@@ -248,8 +271,11 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
         log(f"resuming from epoch {start_epoch}")
     x_all = torch.from_numpy(tr["x"]).to(device)
     d_all = torch.from_numpy(tr["dist"])
+    online = [load_teacher(t, device) for t in cfg.teachers] if cfg.online_teachers else []
     if cfg.teachers:
-        log(f"distilling from {len(cfg.teachers)} teacher(s), weight {cfg.teacher_weight}")
+        log(f"distilling from {len(cfg.teachers)} teacher(s), weight {cfg.teacher_weight}"
+            + (", judging each augmented batch" if online else ""))
+    if cfg.teachers and not online:
         soft = torch.from_numpy(cached_teacher_targets(out, cfg, provenance["FER2013Train"]["sha256"], bf16, lambda: teacher_targets(
             cfg.teachers, tr["x"], device, bf16=bf16,
             images_at=lambda s: split_arrays(splits["FER2013Train"], template, s)["x"])))
@@ -267,7 +293,10 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
             xb = augment(x_all[idx].float().div_(255).unsqueeze(1), aug_gen, cfg.aug_strength).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(xb)
-            loss = -(d_all[idx] * F.log_softmax(logits.float(), 1)).sum(1).mean()
+            target = d_all[idx]
+            if online:
+                target = (1 - cfg.teacher_weight) * target + cfg.teacher_weight * online_teacher_targets(online, xb, bf16)
+            loss = -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
