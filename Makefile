@@ -51,7 +51,7 @@ train-all: train
 	$(TRAIN) --out runs/r80 --size 80 --widths 32,64,128,256 --init runs/emotion4/checkpoint.pt --lr 0.03 --epochs 20 $(call teachers,sface sfleaky emotion3 emotion4)
 	@echo "the shipped model (run 8): runs/r80/emotion.{onnx,json} (copy into src/moodlens/models/)"
 	# measured, not shipped: the earlier shipped models (runs 3 + 4, run 7), run 5, the wide student, SFace-leaky
-	# with run 3, run 6, the 64 px pair, runs 9 and 10 (64 px from scratch), run 11 (run 8 with online teachers)
+	# with run 3, run 6, the 64 px pair, runs 9 and 10 (64 px from scratch), run 11 (run 8 with online teachers) and its pair with run 10
 	$(TRAIN) --out runs/r64b --size 64 --widths 32,64,128,256 --init runs/emotion4/checkpoint.pt --lr 0.03 --epochs 20 $(call teachers,sface sfleaky emotion3 emotion4)
 	$(TRAIN) --out runs/ens34 --member runs/emotion3/checkpoint.pt --member runs/emotion4/checkpoint.pt
 	$(TRAIN) --out runs/emotion5 --init runs/emotion3/checkpoint.pt --lr 0.03 --epochs 20 --widths 32,64,128,256 \
@@ -66,6 +66,7 @@ train-all: train
 		$(call teachers,sface sfleaky r64b r80)
 	$(TRAIN) --out runs/r80o --size 80 --widths 32,64,128,256 --init runs/r80/checkpoint.pt --lr 0.02 --epochs 14 \
 		$(call teachers,emotion2 emotion4 r80 s64c2) --online-teachers
+	$(TRAIN) --out runs/pair11 --member runs/r80o/checkpoint.pt --member runs/s64c2/checkpoint.pt
 
 clean:
 	rm -rf out runs .pytest_cache
