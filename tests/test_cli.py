@@ -117,3 +117,12 @@ def test_flip_tta_reaches_analyze_and_eval(tmp_path):
     assert ev.returncode == 0, ev.stderr
     rep = json.loads(ev.stdout)
     assert rep["model"].endswith("+flip") and rep["flip_agreement"] == 1.0
+
+
+def test_train_online_teachers_without_a_teacher_is_refused_before_any_work(tmp_path):
+    pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
+    (tmp_path / "FER2013Train").mkdir()
+    (tmp_path / "FER2013Train" / "label.csv").write_text("")
+    r = _cli("train", "emotion", "--data", tmp_path, "--out", tmp_path / "run", "--online-teachers")
+    assert r.returncode != 0 and "--online-teachers needs at least one --teacher" in r.stderr
+    assert not (tmp_path / "run").exists()

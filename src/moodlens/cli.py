@@ -243,6 +243,8 @@ def train_emotion(
             raise MoodlensError(f"--widths / --depths: comma-separated integers expected ({e})") from e
         if len(shape["widths"]) != len(shape["depths"]) + 1:
             raise MoodlensError("--widths needs one more entry than --depths (the stem)")
+        if online_teachers and not teacher:
+            raise MoodlensError("--online-teachers needs at least one --teacher")
         for t in (teacher or []) + ([init] if init else []):
             if not t.is_file():
                 raise MoodlensError(f"{t}: no such checkpoint")
