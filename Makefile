@@ -7,7 +7,7 @@ DATA ?= ../shared/data
 SAMPLE ?= $(DATA)/video/pyfeat/WolfgangLanger_Pexels.mp4
 OUT ?= out/demo
 
-.PHONY: setup demo test bench train train-all clean
+.PHONY: setup demo test bench train train-all device-pack clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,6 +67,11 @@ train-all: train
 	$(TRAIN) --out runs/r80o --size 80 --widths 32,64,128,256 --init runs/r80/checkpoint.pt --lr 0.02 --epochs 14 \
 		$(call teachers,emotion2 emotion4 r80 s64c2) --online-teachers
 	$(TRAIN) --out runs/pair11 --member runs/r80o/checkpoint.pt --member runs/s64c2/checkpoint.pt
+
+# A borrowed GPU machine cannot read ../shared: FER+ packed into .device/ (55 MiB) travels with `carry`
+# (README, "Training on a GPU"; scripts/gpu_train.sh runs there).
+device-pack: $(STAMP)
+	test -f .device/ferplus.npz || $(BIN)/moodlens train pack --data $(DATA)/ferplus --out .device/ferplus.npz
 
 clean:
 	rm -rf out runs .pytest_cache

@@ -19,9 +19,7 @@ app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="markdown", pretty_exceptions_enable=False,
 )
 eval_app = typer.Typer(help="Measure moodlens's models on a labelled dataset.", no_args_is_help=True)
-train_app = typer.Typer(help="Train moodlens's own models (needs the `[train]` extra).", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
-app.add_typer(train_app, name="train")
 
 @app.command(epilog="""Examples:
 
@@ -172,104 +170,12 @@ def eval_emotion(
     out_console.print(cm)
 
 
-@train_app.command("emotion", epilog="""Examples:
-
-  moodlens train emotion --data ../shared/data/ferplus --out runs/emotion
-
-  moodlens train emotion --data ../shared/data/ferplus --out runs/emotion --epochs 40   (resumes if a checkpoint exists)
-
-  moodlens train emotion --data ../shared/data/ferplus --out runs/emotion2 --init runs/emotion/checkpoint.pt --lr 0.03 --epochs 30   (a second cycle from a finished run)
-
-  moodlens train emotion --data ../shared/data/ferplus --out runs/emotion3 --widths 32,64,128,256 --teacher runs/emotion/checkpoint.pt --teacher runs/emotion2/checkpoint.pt   (a wider student distilled from finished runs)
-
-  moodlens train emotion --data ../shared/data/ferplus --out runs/sface --arch sface --size 64 --lr 0.02 --epochs 10   (a face-pretrained teacher)
-
-  moodlens train emotion --data ../shared/data/ferplus --out runs/sfleaky --arch sface-leaky --size 64 --init runs/sface/checkpoint.pt --lr 0.02 --epochs 12 --teacher runs/sface/checkpoint.pt   (its fast variant)
-
-  moodlens train emotion --data ../shared/data/ferplus --out runs/r80o --size 80 --widths 32,64,128,256 --init runs/r80/checkpoint.pt --lr 0.02 --epochs 12 --teacher runs/r80/checkpoint.pt --teacher runs/s64c2/checkpoint.pt --online-teachers   (teachers judge every augmented batch)
-
-  moodlens train emotion --data ../shared/data/ferplus --out runs/ens --member runs/wide/checkpoint.pt --member runs/emotion3/checkpoint.pt   (two finished runs averaged in one exported model)
-
-  moodlens train emotion --data ../shared/data/ferplus --out runs/gpu --device cuda   (on a GPU; checkpoints load on a CPU machine too)
-""")
-@friendly
-def train_emotion(
-    data: Annotated[Path, typer.Option(help="FER+ root with FER2013Train/ and FER2013Valid/.")],
-    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, logs, exported ONNX and card.")],
-    epochs: Annotated[int, typer.Option(help="Total epochs of the cosine schedule.")] = 60,
-    seed: Annotated[int, typer.Option(help="Random seed (data order, augmentation, init).")] = 20261122,
-    export_only: Annotated[bool, typer.Option("--export-only", help="Only export the latest checkpoint.")] = False,
-    init: Annotated[Optional[Path], typer.Option(help="Warm start from a finished run's checkpoint.pt (its EMA weights), "
-                                                      "then a fresh schedule.")] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine schedule).")] = 0.1,
-    arch: Annotated[str, typer.Option(help="resnet: moodlens's small net from scratch; sface: SFace's face-pretrained "
-                                           "backbone, fine-tuned (a teacher, ~10x slower); sface-leaky: the same with one "
-                                           "leaky-ReLU slope per layer, 3x faster in ONNX Runtime (warm-start it from an "
-                                           "sface run).")] = "resnet",
-    size: Annotated[int, typer.Option(help="Input side in px (faces are aligned to it).")] = 48,
-    widths: Annotated[str, typer.Option(help="Channels of the stem and the three residual stages.")] = "32,64,128,192",
-    depths: Annotated[str, typer.Option(help="Residual blocks per stage.")] = "2,2,2",
-    teacher: Annotated[Optional[list[Path]], typer.Option(help="A finished run's checkpoint.pt whose predictions "
-                                                                "soften the targets (repeat for an ensemble).")] = None,
-    teacher_weight: Annotated[float, typer.Option(help="Share of the teachers in the targets (the rest: votes).")] = 0.5,
-    online_teachers: Annotated[bool, typer.Option("--online-teachers", help="The teachers judge every augmented batch "
-                                                  "the student sees (consistent targets; slower) instead of the clean "
-                                                  "crops once.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda (cuda:N) or auto: a GPU when PyTorch sees one.")] = "auto",
-    aug_strength: Annotated[float, typer.Option(help="Scales every augmentation's range and rate (flips excepted).")] = 1.0,
-    member: Annotated[Optional[list[Path]], typer.Option(help="A finished run's checkpoint.pt: export the mean of these "
-                                                               "(repeat) as one model into --out; no training.")] = None,
-    precision: Annotated[str, typer.Option(help="Exported weights: int8 (calibrated on training faces; ~3x faster on "
-                                                "CPUs) or float16 (stored; computed in float32).")] = "int8",
-):
-    """Train the FER+ emotion model (seeded, resumable), then export ONNX + model card."""
-    try:
-        from moodlens.training.export import PRECISIONS, export
-        from moodlens.training.train import ARCHS, TrainConfig, resolve_device, train
-    except ImportError as e:
-        raise MoodlensError(f"training needs PyTorch: pip install -e '.[train]' ({e})") from e
-    if not (data / "FER2013Train" / "label.csv").is_file():
-        raise MoodlensError(f"{data}: not a FER+ root (expected FER2013Train/label.csv)")
-    if precision not in PRECISIONS:
-        raise MoodlensError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
-    log = lambda m: err_console.print(m, highlight=False)  # noqa: E731
-    for m in member or []:
-        if not m.is_file():
-            raise MoodlensError(f"{m}: no such checkpoint")
-    if not export_only and not member:
-        try:
-            shape = dict(widths=tuple(int(v) for v in widths.split(",")), depths=tuple(int(v) for v in depths.split(",")))
-        except ValueError as e:
-            raise MoodlensError(f"--widths / --depths: comma-separated integers expected ({e})") from e
-        if len(shape["widths"]) != len(shape["depths"]) + 1:
-            raise MoodlensError("--widths needs one more entry than --depths (the stem)")
-        if online_teachers and not teacher:
-            raise MoodlensError("--online-teachers needs at least one --teacher")
-        for t in (teacher or []) + ([init] if init else []):
-            if not t.is_file():
-                raise MoodlensError(f"{t}: no such checkpoint")
-        try:
-            resolve_device(device)  # fail now, not after the data is prepared
-        except ValueError as e:
-            raise MoodlensError(str(e)) from e
-        if arch not in ARCHS:
-            raise MoodlensError(f"--arch {arch}: expected one of {', '.join(ARCHS)}")
-        train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None, **shape,
-                                     arch=arch, size=size,
-                                     device=device, aug_strength=aug_strength,
-                                     teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight,
-                                     online_teachers=online_teachers), log=log)
-    try:
-        card = export(out, data, log=log, precision=precision, members=member)
-    except ValueError as e:
-        raise MoodlensError(str(e)) from e
-    out_console.print(f"exported {card}")
-
-
 from moodlens.cli_faces import EVAL_IDENTITY_EPILOG, eval_identity, faces_app  # noqa: E402
 from moodlens.cli_reports import register as _register_reports  # noqa: E402
+from moodlens.cli_train import train_app  # noqa: E402
 
 app.add_typer(faces_app, name="faces")
+app.add_typer(train_app, name="train")
 eval_app.command("identity", epilog=EVAL_IDENTITY_EPILOG)(eval_identity)
 _register_reports(app)
 

@@ -6,18 +6,27 @@ landmarked the same way: each crop is padded, enlarged 3x, run through YuNet (``
 and warped onto the emotion template. Where YuNet finds no face in a crop
 (about 1-2 %), the crop is used as it is, since FER framing is close to the
 template by construction (the template is the mean FER+ landmark layout).
+
+``pack`` writes both splits, landmarks included, into one file about half the
+size of the folders (a lossless WebP mosaic a split): what a GPU machine that
+cannot read ``../shared`` is sent. ``load_packed`` gives back the very same
+``FerSplit``s, hashes included, so a run there records the same provenance.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from moodlens.errors import MoodlensError
 from moodlens.faces.align import align
 from moodlens.faces.detect import landmarks_in_crop
 
@@ -111,3 +120,86 @@ def aligned_images(split: FerSplit, template: np.ndarray, size: int) -> np.ndarr
         else:
             out[i] = align(img, lm, size, template)
     return out
+
+
+SPLITS = ("FER2013Train", "FER2013Valid")
+_MOSAIC_COLUMNS = 160  # 160 x 48 = 7,680 px wide: inside WebP's 16,383 px limit for FER+'s 28,558 crops
+
+
+def _mosaic(images: np.ndarray) -> np.ndarray:
+    """(N, 48, 48) crops laid out row by row in a grid of ``_MOSAIC_COLUMNS`` (zero-padded)."""
+    rows = -(-len(images) // _MOSAIC_COLUMNS)
+    grid = np.zeros((rows * _MOSAIC_COLUMNS, 48, 48), np.uint8)
+    grid[: len(images)] = images
+    return grid.reshape(rows, _MOSAIC_COLUMNS, 48, 48).transpose(0, 2, 1, 3).reshape(rows * 48, _MOSAIC_COLUMNS * 48)
+
+
+def _unmosaic(mosaic: np.ndarray, n: int) -> np.ndarray:
+    rows = mosaic.shape[0] // 48
+    return mosaic.reshape(rows, 48, _MOSAIC_COLUMNS, 48).transpose(0, 2, 1, 3).reshape(-1, 48, 48)[:n].copy()
+
+
+def pack(splits: dict[str, FerSplit], path: Path) -> int:
+    """Write ``splits`` (images, votes, landmarks, hashes) to one ``.npz``; returns its size in bytes."""
+    arrays = {}
+    for name, s in splits.items():
+        ok, webp = cv2.imencode(".webp", _mosaic(s.images), [cv2.IMWRITE_WEBP_QUALITY, 101])  # >100: lossless
+        if not ok:
+            raise ValueError(f"{name}: WebP encoding failed")
+        arrays.update({f"{name}/images_webp": webp.ravel(), f"{name}/votes": s.votes, f"{name}/landmarks": s.landmarks,
+                       f"{name}/files": np.asarray(s.files), f"{name}/sha256": np.asarray(s.data_sha256),
+                       f"{name}/pixels_sha256": np.asarray(hashlib.sha256(s.images.tobytes()).hexdigest())})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # the WebP mosaics are compressed already
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+    return path.stat().st_size
+
+
+def load_packed(path: Path) -> dict[str, FerSplit]:
+    """The splits ``pack`` wrote, each checked against the hash of its pixels."""
+    try:
+        with np.load(path) as z:
+            names = sorted({k.split("/")[0] for k in z.files})
+            splits = {}
+            for name in names:
+                files = [str(f) for f in z[f"{name}/files"]]
+                mosaic = cv2.imdecode(z[f"{name}/images_webp"], cv2.IMREAD_GRAYSCALE)
+                images = None if mosaic is None else _unmosaic(mosaic, len(files))
+                if images is None or hashlib.sha256(images.tobytes()).hexdigest() != str(z[f"{name}/pixels_sha256"]):
+                    raise MoodlensError(f"{path}: the {name} images do not match the hash recorded when packing")
+                splits[name] = FerSplit(files, images, z[f"{name}/votes"], z[f"{name}/landmarks"],
+                                        str(z[f"{name}/sha256"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise MoodlensError(f"{path}: not a readable FER+ pack ({e})") from e
+    return splits
+
+
+def load_splits(data: Path, out: Path, log=print):
+    """Both FER+ splits, landmarked (cached), and the template; returns (splits, template, provenance).
+
+    ``data`` is a FER+ root or a pack of it (``ferplus.pack``).
+
+    The landmark cache is shared by every run (files are named by the data's
+    hash), so a new run folder does not landmark FER+ again; a run folder's own
+    ``cache/`` from earlier versions is still read first.
+    """
+    if data.is_file():  # a pack (``moodlens train pack``): landmarked already
+        log(f"reading packed FER+ from {data}")
+        splits = load_packed(data)
+        if set(splits) != set(SPLITS):
+            raise MoodlensError(f"{data}: a FER+ pack holds {', '.join(SPLITS)}; this one holds {', '.join(splits)}")
+    else:
+        cache = out / "cache"
+        if not cache.is_dir():
+            cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moodlens" / "ferplus-landmarks"
+        splits = {}
+        for name in SPLITS:
+            log(f"landmarking {name} (cached after the first run)")
+            splits[name] = load_split(data / name, cache)
+    provenance = {
+        name: {"sha256": s.data_sha256, "rows": len(s.files), "used": int(s.usable.sum()),
+               "landmarked": float((~np.isnan(s.landmarks).any(axis=(1, 2))).mean())}
+        for name, s in splits.items()
+    }
+    return splits, mean_template(splits["FER2013Train"]), provenance

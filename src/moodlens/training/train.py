@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from moodlens.atomic import atomic_write
 from moodlens.models import sha256_file
 from moodlens.training.augment import augment
-from moodlens.training.ferplus import aligned_images, load_split, mean_template
+from moodlens.training.ferplus import aligned_images, load_splits
 from moodlens.training.net import EmotionNet
 
 
@@ -58,6 +57,7 @@ class TrainConfig:
     teacher_weight: float = 0.5  # target = (1 - w) * votes + w * teachers
     online_teachers: bool = False  # teachers judge each augmented batch, not the clean crops once
     aug_strength: float = 1.0  # scales every augmentation's range and rate (flips excepted)
+    time_budget_s: float | None = None  # the epochs' wall time: a schedule that would overrun is shortened
     extra: dict = field(default_factory=dict)
 
 
@@ -69,26 +69,19 @@ def _lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
 
-def load_splits(data: Path, out: Path, log=print):
-    """Both FER+ splits, landmarked (cached), and the template; returns (splits, template, provenance).
+def fit_epochs(epochs: int, history: list[dict], budget_s: float | None) -> int:
+    """The schedule's length in epochs, shortened (never lengthened) so that the epochs
+    run so far plus the rest, at their mean measured time, fit in ``budget_s``.
 
-    The landmark cache is shared by every run (files are named by the data's
-    hash), so a new run folder does not landmark FER+ again; a run folder's own
-    ``cache/`` from earlier versions is still read first.
+    A schedule fitted this way still ends with its low learning rates, where a run
+    cut off at a deadline would stop mid-schedule, before its weights settle. The
+    first epoch is among the measured ones, so an early fit errs on the short side.
     """
-    cache = out / "cache"
-    if not cache.is_dir():
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moodlens" / "ferplus-landmarks"
-    splits = {}
-    for name in ("FER2013Train", "FER2013Valid"):
-        log(f"landmarking {name} (cached after the first run)")
-        splits[name] = load_split(data / name, cache)
-    provenance = {
-        name: {"sha256": s.data_sha256, "rows": len(s.files), "used": int(s.usable.sum()),
-               "landmarked": float((~np.isnan(s.landmarks).any(axis=(1, 2))).mean())}
-        for name, s in splits.items()
-    }
-    return splits, mean_template(splits["FER2013Train"]), provenance
+    if budget_s is None or not history:
+        return epochs
+    spent = sum(h["seconds"] for h in history)
+    per_epoch = spent / len(history)
+    return max(len(history), min(epochs, len(history) + int((budget_s - spent) // per_epoch)))
 
 
 def split_arrays(split, template: np.ndarray, size: int) -> dict:
@@ -268,6 +261,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
         if aug_gen is not gen and ck.get("aug_device") == device.type:
             aug_gen.set_state(ck["aug_gen"].cpu())  # a run moved between CPU and GPU gets a fresh stream
         start_epoch, history = ck["epoch"] + 1, ck["history"]
+        if cfg.time_budget_s is not None and ck["config"]["epochs"] < cfg.epochs:  # keep the schedule already fitted
+            cfg = replace(cfg, epochs=ck["config"]["epochs"], extra=ck["config"].get("extra", cfg.extra))
         log(f"resuming from epoch {start_epoch}")
     x_all = torch.from_numpy(tr["x"]).to(device)
     d_all = torch.from_numpy(tr["dist"])
@@ -282,7 +277,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
         d_all = (1 - cfg.teacher_weight) * d_all + cfg.teacher_weight * soft
     d_all = d_all.to(device)
     steps = len(x_all) // cfg.batch
-    for epoch in range(start_epoch, cfg.epochs):
+    epoch = start_epoch
+    while epoch < cfg.epochs:  # cfg.epochs may shrink to fit a time budget
         model.train()
         t0, tot = time.time(), 0.0
         perm = torch.randperm(len(x_all), generator=gen)
@@ -308,10 +304,29 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
         history.append({"epoch": epoch, "loss": tot / steps, "valid_acc_ema": acc, "valid_acc": acc_live,
                         "seconds": time.time() - t0})
         log(json.dumps(history[-1]))
+        fitted = fit_epochs(cfg.epochs, history, cfg.time_budget_s)
+        if fitted < cfg.epochs:
+            log(f"time budget {cfg.time_budget_s:.0f} s: the schedule is shortened from {cfg.epochs} to {fitted} epochs")
+            cfg = replace(cfg, epochs=fitted, extra={**cfg.extra, "epochs_asked": cfg.extra.get("epochs_asked", cfg.epochs)})
         state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                  "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "aug_device": device.type, "epoch": epoch,
                  "history": history, "config": asdict(cfg), "template": template.tolist()}
         atomic_write(ckpt_path, lambda f: torch.save(state, f), binary=True)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(history[-1]) + "\n")
+        epoch += 1
     return ckpt_path
+
+
+SLIM_KEYS = ("ema", "config", "template", "epoch", "history")
+
+
+def slim_checkpoint(src: Path, dst: Path) -> int:
+    """Copy ``src`` without its live weights and optimiser state (what export, ``--init`` and
+    ``--teacher`` read, about a quarter of the size); returns the bytes written."""
+    ckpt = torch.load(src, weights_only=False, map_location="cpu")
+    missing = [k for k in ("ema", "config", "epoch", "history") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{src}: not a moodlens training checkpoint (no {', '.join(missing)})")
+    atomic_write(dst, lambda f: torch.save({k: ckpt[k] for k in SLIM_KEYS if k in ckpt}, f), binary=True)
+    return dst.stat().st_size
