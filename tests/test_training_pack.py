@@ -163,6 +163,10 @@ def test_time_budget_fits_the_schedule_and_slim_checkpoints_feed_teachers_and_ex
     assert s == 48 and not net.training
     card = export(slim.parent, data, log=lambda m: None, precision="float16")
     assert card.is_file() and (slim.parent / "emotion.onnx").is_file()
+    torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a moodlens training checkpoint"):
-        torch.save({"weights": 1}, tmp_path / "other.pt")
         slim_checkpoint(tmp_path / "other.pt", tmp_path / "x.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    r = subprocess.run([sys.executable, "-m", "moodlens.cli_train", "slim", str(tmp_path / "text.pt"),
+                        str(tmp_path / "x.pt")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "text.pt: not a readable checkpoint" in r.stderr and not (tmp_path / "x.pt").exists()
