@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from moodlens.cli_common import err_console, friendly, out_console
+from moodlens.cli_common import err_console, friendly, out_console, progress_bar
 from moodlens.errors import MoodlensError
 
 train_app = typer.Typer(help="Train moodlens's own models (needs the `[train]` extra).", no_args_is_help=True)
@@ -27,6 +27,12 @@ def _torch_part(module: str, *names: str):
     except ImportError as e:
         raise MoodlensError(f"training needs PyTorch: pip install -e '.[train]' ({e})") from e
     return [getattr(mod, n) for n in names]
+
+
+def _bar_progress(bar):
+    """``progress(what, done, total)`` drawn on one Rich bar (silent when stderr is piped)."""
+    task = bar.add_task("", total=None)
+    return lambda what, done, total: bar.update(task, description=what, completed=done, total=total)
 
 
 @train_app.command("emotion", epilog="""Examples:
@@ -118,11 +124,13 @@ def train_emotion(
             raise MoodlensError(str(e)) from e
         if arch not in ARCHS:
             raise MoodlensError(f"--arch {arch}: expected one of {', '.join(ARCHS)}")
-        train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None, **shape,
-                                     arch=arch, size=size,
-                                     device=device, aug_strength=aug_strength,
-                                     teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight,
-                                     online_teachers=online_teachers, time_budget_s=time_budget), log=log)
+        with progress_bar() as bar:
+            train(data, out, TrainConfig(epochs=epochs, seed=seed, lr=lr, init=str(init) if init else None, **shape,
+                                         arch=arch, size=size,
+                                         device=device, aug_strength=aug_strength,
+                                         teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight,
+                                         online_teachers=online_teachers, time_budget_s=time_budget),
+                  log=log, progress=_bar_progress(bar))
     if no_export:
         return
     try:
@@ -153,7 +161,9 @@ def train_pack(
 
     if not (data / "FER2013Train" / "label.csv").is_file():
         raise MoodlensError(f"{data}: not a FER+ root (expected FER2013Train/label.csv)")
-    splits, _, _ = load_splits(data, out.parent, log=lambda m: err_console.print(m, highlight=False))
+    with progress_bar() as bar:
+        splits, _, _ = load_splits(data, out.parent, log=lambda m: err_console.print(m, highlight=False),
+                                   progress=_bar_progress(bar))
     size = pack(splits, out)
     out_console.print(f"packed {sum(len(s.files) for s in splits.values())} faces into {out} ({size / 2**20:.1f} MiB)")
 

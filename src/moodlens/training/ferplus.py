@@ -175,10 +175,11 @@ def load_packed(path: Path) -> dict[str, FerSplit]:
     return splits
 
 
-def load_splits(data: Path, out: Path, log=print):
+def load_splits(data: Path, out: Path, log=print, progress=None):
     """Both FER+ splits, landmarked (cached), and the template; returns (splits, template, provenance).
 
-    ``data`` is a FER+ root or a pack of it (``ferplus.pack``).
+    ``data`` is a FER+ root or a pack of it (``ferplus.pack``). ``progress(what, done, total)``
+    follows the landmarking, where the cache misses (about a minute on 2 cores).
 
     The landmark cache is shared by every run (files are named by the data's
     hash), so a new run folder does not landmark FER+ again; a run folder's own
@@ -196,7 +197,8 @@ def load_splits(data: Path, out: Path, log=print):
         splits = {}
         for name in SPLITS:
             log(f"landmarking {name} (cached after the first run)")
-            splits[name] = load_split(data / name, cache)
+            step = (lambda i, n, what=f"landmarking {name}": progress(what, i, n)) if progress else None
+            splits[name] = load_split(data / name, cache, progress=step)
     provenance = {
         name: {"sha256": s.data_sha256, "rows": len(s.files), "used": int(s.usable.sum()),
                "landmarked": float((~np.isnan(s.landmarks).any(axis=(1, 2))).mean())}

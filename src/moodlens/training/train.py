@@ -209,15 +209,16 @@ def cached_teacher_targets(out: Path, cfg: TrainConfig, data_sha256: str, bf16: 
     return soft
 
 
-def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
-    """Train (or resume) into ``out``; returns the checkpoint path."""
+def train(data: Path, out: Path, cfg: TrainConfig, log=print, progress=None) -> Path:
+    """Train (or resume) into ``out``; returns the checkpoint path. ``progress(what, done, total)``
+    follows the landmarking and each epoch's steps."""
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     if cfg.init and cfg.init_sha256 is None:
         cfg = replace(cfg, init_sha256=sha256_file(Path(cfg.init)))
     if cfg.teachers and not cfg.teacher_sha256:
         cfg = replace(cfg, teacher_sha256=tuple(sha256_file(Path(t)) for t in cfg.teachers))
-    splits, template, provenance = load_splits(data, out, log)
+    splits, template, provenance = load_splits(data, out, log, progress)
     arrays = {name: split_arrays(s, template, cfg.size) for name, s in splits.items()}
     (out / "config.json").write_text(json.dumps(
         {"config": asdict(cfg), "template": template.tolist(), "data": provenance, "torch": torch.__version__}, indent=2))
@@ -298,6 +299,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print) -> Path:
             opt.step()
             ema.update_parameters(model)
             tot += loss.item()
+            if progress:
+                progress(f"epoch {epoch + 1} of {cfg.epochs}", i + 1, steps)
         # The EMA lags the live weights by ~1/(1 - decay) steps, so early epochs show both.
         acc = float((evaluate(ema.module, va["x"]).argmax(1) == va["y"]).mean())
         acc_live = float((evaluate(model, va["x"]).argmax(1) == va["y"]).mean())
