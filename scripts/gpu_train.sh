@@ -9,8 +9,9 @@
 # shape (80 px, widths 32-256) is distilled from them within STUDENT_BUDGET seconds.
 #
 # Brought back in $OUT (at most 8 files): student.pt (slim checkpoint: export it here with
-# `moodlens train emotion --export-only`), teachers_train.npy / teachers_valid.npy (the ensemble's
-# probabilities, usable as fixed distillation targets on a CPU), summary.json and logs.tar.gz.
+# `moodlens train emotion --export-only`), teachers_train.npz (the ensemble's probabilities on the
+# training faces: `--teacher-file` distils from them on a CPU, where the teachers cannot come back,
+# being over 16 MB), teachers_valid.npy, summary.json and logs.tar.gz.
 #
 #   bash scripts/gpu_train.sh                      # defaults: 210 s teachers, 120 s student: about 7 min in all
 #   TEACHER_BUDGET=60 STUDENT_BUDGET=60 bash scripts/gpu_train.sh
@@ -62,9 +63,9 @@ import json, sys
 from pathlib import Path
 import numpy as np
 from moodlens.training.ferplus import load_splits
-from moodlens.training.train import resolve_device, split_arrays, teacher_targets
+from moodlens.training.train import resolve_device, save_teacher_file, split_arrays, teacher_targets
 pack, out, paths = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[4::2]
-splits, template, _ = load_splits(pack, out, log=lambda m: None)
+splits, template, provenance = load_splits(pack, out, log=lambda m: None)
 dev = resolve_device("auto")
 summary = {"teachers": {}}
 probs = {}
@@ -79,7 +80,9 @@ for p, pv in zip(paths, probs["FER2013Valid"]):
                               "seconds_per_epoch": float(np.mean([h["seconds"] for h in log]))}
 ens = {k: np.mean(v, 0).astype(np.float32) for k, v in probs.items()}
 summary["ensemble_valid_acc_flip"] = float((ens["FER2013Valid"].argmax(1) == y).mean())
-np.save(out / "teachers_valid.npy", ens["FER2013Valid"]); np.save(out / "teachers_train.npy", ens["FER2013Train"])
+np.save(out / "teachers_valid.npy", ens["FER2013Valid"])
+save_teacher_file(out / "teachers_train.npz", ens["FER2013Train"], provenance["FER2013Train"]["sha256"],
+                  [json.dumps({"checkpoint": p, **json.load(open(Path(p).parent / "config.json"))["config"]}) for p in paths])
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
 print(json.dumps(summary, indent=2))
 PY

@@ -126,3 +126,17 @@ def test_train_online_teachers_without_a_teacher_is_refused_before_any_work(tmp_
     r = _cli("train", "emotion", "--data", tmp_path, "--out", tmp_path / "run", "--online-teachers")
     assert r.returncode != 0 and "--online-teachers needs at least one --teacher" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_train_teacher_file_with_teacher_networks_is_refused_before_any_work(tmp_path):
+    pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
+    (tmp_path / "FER2013Train").mkdir()
+    (tmp_path / "FER2013Train" / "label.csv").write_text("")
+    for f in ("t.pt", "p.npz"):
+        (tmp_path / f).write_bytes(b"x")
+    r = _cli("train", "emotion", "--data", tmp_path, "--out", tmp_path / "run", "--teacher", tmp_path / "t.pt",
+             "--teacher-file", tmp_path / "p.npz")
+    assert r.returncode == 2 and "give it or --teacher, not both" in r.stderr
+    r = _cli("train", "emotion", "--data", tmp_path, "--out", tmp_path / "run", "--teacher-file", tmp_path / "nope.npz")
+    assert r.returncode == 2 and "nope.npz: no such file" in r.stderr
+    assert not (tmp_path / "run").exists()

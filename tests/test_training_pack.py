@@ -170,3 +170,40 @@ def test_time_budget_fits_the_schedule_and_slim_checkpoints_feed_teachers_and_ex
     r = subprocess.run([sys.executable, "-m", "moodlens.cli_train", "slim", str(tmp_path / "text.pt"),
                         str(tmp_path / "x.pt")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "text.pt: not a readable checkpoint" in r.stderr and not (tmp_path / "x.pt").exists()
+
+
+def test_teacher_file_distils_without_the_teachers_and_is_checked_against_the_data(tmp_path):
+    torch = pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
+    from moodlens.training.export import _training_record
+    from moodlens.training.train import TrainConfig, load_teacher_file, save_teacher_file, train
+
+    root = _fake_ferplus(tmp_path / "ferplus", {"FER2013Train": 64, "FER2013Valid": 8})
+    splits, _, provenance = load_splits(root, tmp_path)
+    data = tmp_path / "ferplus.npz"
+    pack(splits, data)
+    sha = provenance["FER2013Train"]["sha256"]
+    rng = np.random.default_rng(0)
+    probs = rng.random((64, 8)).astype(np.float32)
+    probs /= probs.sum(1, keepdims=True)
+    good = tmp_path / "teachers_train.npz"
+    save_teacher_file(good, probs, sha, ["t1", "t2"])
+    np.testing.assert_allclose(load_teacher_file(good, sha, 64), probs)
+    with pytest.raises(MoodlensError, match="not on this data"):
+        load_teacher_file(good, "f" * 64, 64)
+    with pytest.raises(MoodlensError, match="for 63 faces"):
+        load_teacher_file(good, sha, 63)
+    (tmp_path / "junk.npz").write_text("junk")
+    with pytest.raises(MoodlensError, match="not a teachers' probabilities file"):
+        load_teacher_file(tmp_path / "junk.npz", sha, 64)
+
+    cfg = TrainConfig(widths=(4, 4, 8, 8), depths=(1, 1, 1), epochs=1, batch=32, device="cpu", bf16=False,
+                      teacher_file=str(good))
+    logs = []
+    ckpt = torch.load(train(data, tmp_path / "run", cfg, log=logs.append), weights_only=False)
+    assert any("teachers' probabilities" in m for m in logs)
+    record = _training_record(tmp_path / "run" / "checkpoint.pt", ckpt)
+    assert record["distilled_from"] == [{"probabilities": str(good), "sha256": ckpt["config"]["teacher_file_sha256"]}]
+    other = tmp_path / "other.npz"
+    save_teacher_file(other, probs, "0" * 64, [])
+    with pytest.raises(MoodlensError, match="not on this data"):
+        train(data, tmp_path / "run2", TrainConfig(**{**cfg.__dict__, "teacher_file": str(other)}), log=lambda m: None)

@@ -56,6 +56,8 @@ def _bar_progress(bar):
   moodlens train emotion --data ../shared/data/ferplus --out runs/gpu --device cuda   (on a GPU; checkpoints load on a CPU machine too)
 
   moodlens train emotion --data ferplus.npz --out runs/t1 --time-budget 300 --no-export   (a pack; the schedule fitted into 5 minutes)
+
+  moodlens train emotion --data ../shared/data/ferplus --out runs/s80 --size 80 --widths 32,64,128,256 --teacher-file teachers_train.npz   (distilled from a GPU run's teachers)
 """)
 @friendly
 def train_emotion(
@@ -78,6 +80,9 @@ def train_emotion(
     teacher: Annotated[Optional[list[Path]], typer.Option(help="A finished run's checkpoint.pt whose predictions "
                                                                 "soften the targets (repeat for an ensemble).")] = None,
     teacher_weight: Annotated[float, typer.Option(help="Share of the teachers in the targets (the rest: votes).")] = 0.5,
+    teacher_file: Annotated[Optional[Path], typer.Option(help="Teachers' probabilities on the training faces, as "
+                                                              "scripts/gpu_train.sh brings back (teachers_train.npz): "
+                                                              "distil from teachers without their networks.")] = None,
     online_teachers: Annotated[bool, typer.Option("--online-teachers", help="The teachers judge every augmented batch "
                                                   "the student sees (consistent targets; slower) instead of the clean "
                                                   "crops once.")] = False,
@@ -115,9 +120,11 @@ def train_emotion(
             raise MoodlensError("--widths needs one more entry than --depths (the stem)")
         if online_teachers and not teacher:
             raise MoodlensError("--online-teachers needs at least one --teacher")
-        for t in (teacher or []) + ([init] if init else []):
+        if teacher and teacher_file:
+            raise MoodlensError("--teacher-file holds teachers' probabilities already: give it or --teacher, not both")
+        for t in (teacher or []) + ([init] if init else []) + ([teacher_file] if teacher_file else []):
             if not t.is_file():
-                raise MoodlensError(f"{t}: no such checkpoint")
+                raise MoodlensError(f"{t}: no such file")
         try:
             resolve_device(device)  # fail now, not after the data is prepared
         except ValueError as e:
@@ -129,7 +136,8 @@ def train_emotion(
                                          arch=arch, size=size,
                                          device=device, aug_strength=aug_strength,
                                          teachers=tuple(map(str, teacher or ())), teacher_weight=teacher_weight,
-                                         online_teachers=online_teachers, time_budget_s=time_budget),
+                                         online_teachers=online_teachers, time_budget_s=time_budget,
+                                         teacher_file=str(teacher_file) if teacher_file else None),
                   log=log, progress=_bar_progress(bar))
     if no_export:
         return

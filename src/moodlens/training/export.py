@@ -120,7 +120,9 @@ def _training_record(path: Path, ckpt: dict) -> dict:
         "history": ckpt["history"],
         "warm_start_from": warm_start,
         "distilled_from": [{"checkpoint": t, "checkpoint_sha256": h} for t, h in
-                           zip(cfg.get("teachers") or (), cfg.get("teacher_sha256") or ())],
+                           zip(cfg.get("teachers") or (), cfg.get("teacher_sha256") or ())]
+                          + ([{"probabilities": cfg["teacher_file"], "sha256": cfg.get("teacher_file_sha256")}]
+                             if cfg.get("teacher_file") else []),
     }
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from moodlens.atomic import atomic_write
+from moodlens.errors import MoodlensError
 from moodlens.models import sha256_file
 from moodlens.training.augment import augment
 from moodlens.training.ferplus import aligned_images, load_splits
@@ -56,6 +57,8 @@ class TrainConfig:
     teacher_sha256: tuple[str, ...] = ()  # recorded hashes of those checkpoints
     teacher_weight: float = 0.5  # target = (1 - w) * votes + w * teachers
     online_teachers: bool = False  # teachers judge each augmented batch, not the clean crops once
+    teacher_file: str | None = None  # teachers' probabilities saved by save_teacher_file (no networks needed)
+    teacher_file_sha256: str | None = None
     aug_strength: float = 1.0  # scales every augmentation's range and rate (flips excepted)
     time_budget_s: float | None = None  # the epochs' wall time: a schedule that would overrun is shortened
     extra: dict = field(default_factory=dict)
@@ -196,6 +199,27 @@ def online_teacher_targets(teachers: list[tuple[torch.nn.Module, int]], x: torch
     return total / len(teachers)
 
 
+def save_teacher_file(path: Path, probs: np.ndarray, data_sha256: str, teachers: list[str]) -> None:
+    """Teachers' probabilities on FER2013Train's usable faces, in file order, for ``--teacher-file``:
+    what a GPU machine can send back when the teachers themselves are too large to."""
+    atomic_write(path, lambda f: np.savez(f, probs=np.asarray(probs, np.float32), data_sha256=np.asarray(data_sha256),
+                                          teachers=np.asarray(teachers)), binary=True)
+
+
+def load_teacher_file(path: Path, data_sha256: str, rows: int) -> np.ndarray:
+    """The probabilities ``save_teacher_file`` wrote, checked against the data they were computed on."""
+    try:
+        with np.load(path) as z:
+            probs, made_on = z["probs"].astype(np.float32), str(z["data_sha256"])
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise MoodlensError(f"{path}: not a teachers' probabilities file ({e})") from e
+    if made_on != data_sha256:
+        raise MoodlensError(f"{path}: computed on FER2013Train {made_on[:12]}, not on this data ({data_sha256[:12]})")
+    if probs.shape != (rows, 8) or not np.allclose(probs.sum(1), 1, atol=1e-3):
+        raise MoodlensError(f"{path}: expected probabilities over 8 classes for {rows} faces, got shape {probs.shape}")
+    return probs
+
+
 def cached_teacher_targets(out: Path, cfg: TrainConfig, data_sha256: str, bf16: bool, compute) -> np.ndarray:
     """``compute()``'s teacher targets, kept in the run folder so that a resumed run
     does not spend the teachers' time again (22 min for five teachers on 2 cores);
@@ -216,8 +240,12 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print, progress=None) -> 
     torch.set_num_threads(cfg.threads)
     if cfg.init and cfg.init_sha256 is None:
         cfg = replace(cfg, init_sha256=sha256_file(Path(cfg.init)))
+    if cfg.teachers and cfg.teacher_file:
+        raise MoodlensError("a teachers' probabilities file replaces teacher networks: give one or the other")
     if cfg.teachers and not cfg.teacher_sha256:
         cfg = replace(cfg, teacher_sha256=tuple(sha256_file(Path(t)) for t in cfg.teachers))
+    if cfg.teacher_file and not cfg.teacher_file_sha256:
+        cfg = replace(cfg, teacher_file_sha256=sha256_file(Path(cfg.teacher_file)))
     splits, template, provenance = load_splits(data, out, log, progress)
     arrays = {name: split_arrays(s, template, cfg.size) for name, s in splits.items()}
     (out / "config.json").write_text(json.dumps(
@@ -275,6 +303,10 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print, progress=None) -> 
         soft = torch.from_numpy(cached_teacher_targets(out, cfg, provenance["FER2013Train"]["sha256"], bf16, lambda: teacher_targets(
             cfg.teachers, tr["x"], device, bf16=bf16,
             images_at=lambda s: split_arrays(splits["FER2013Train"], template, s)["x"])))
+        d_all = (1 - cfg.teacher_weight) * d_all + cfg.teacher_weight * soft
+    if cfg.teacher_file:
+        log(f"distilling from the teachers' probabilities in {cfg.teacher_file}, weight {cfg.teacher_weight}")
+        soft = torch.from_numpy(load_teacher_file(Path(cfg.teacher_file), provenance["FER2013Train"]["sha256"], len(tr["x"])))
         d_all = (1 - cfg.teacher_weight) * d_all + cfg.teacher_weight * soft
     d_all = d_all.to(device)
     steps = len(x_all) // cfg.batch
