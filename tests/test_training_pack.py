@@ -42,6 +42,14 @@ def _fake_ferplus(root: Path, n: dict[str, int], seed: int = 0) -> Path:
     return root
 
 
+def _fake_pack(tmp_path: Path, train: int, valid: int) -> tuple[Path, dict]:
+    """A pack of a fake FER+ root, and the FER2013Train provenance a run on it records."""
+    splits, _, provenance = load_splits(_fake_ferplus(tmp_path / "ferplus", {"FER2013Train": train,
+                                                                             "FER2013Valid": valid}), tmp_path)
+    pack(splits, tmp_path / "ferplus.npz")
+    return tmp_path / "ferplus.npz", provenance["FER2013Train"]
+
+
 def _same(a: FerSplit, b: FerSplit) -> None:
     assert a.files == b.files and a.data_sha256 == b.data_sha256
     np.testing.assert_array_equal(a.images, b.images)
@@ -142,10 +150,7 @@ def test_time_budget_fits_the_schedule_and_slim_checkpoints_feed_teachers_and_ex
     from moodlens.training.export import export
     from moodlens.training.train import TrainConfig, load_teacher, slim_checkpoint, train
 
-    root = _fake_ferplus(tmp_path / "ferplus", {"FER2013Train": 300, "FER2013Valid": 40})
-    splits, _, _ = load_splits(root, tmp_path)
-    data = tmp_path / "ferplus.npz"
-    pack(splits, data)
+    data, _ = _fake_pack(tmp_path, 300, 40)
     cfg = TrainConfig(widths=(4, 4, 8, 8), depths=(1, 1, 1), epochs=50, batch=32, device="cpu", bf16=False,
                       time_budget_s=1e-3)
     ckpt = train(data, tmp_path / "run", cfg, log=lambda m: None)
@@ -177,11 +182,8 @@ def test_teacher_file_distils_without_the_teachers_and_is_checked_against_the_da
     from moodlens.training.export import _training_record
     from moodlens.training.train import TrainConfig, load_teacher_file, save_teacher_file, train
 
-    root = _fake_ferplus(tmp_path / "ferplus", {"FER2013Train": 64, "FER2013Valid": 8})
-    splits, _, provenance = load_splits(root, tmp_path)
-    data = tmp_path / "ferplus.npz"
-    pack(splits, data)
-    sha = provenance["FER2013Train"]["sha256"]
+    data, provenance = _fake_pack(tmp_path, 64, 8)
+    sha = provenance["sha256"]
     rng = np.random.default_rng(0)
     probs = rng.random((64, 8)).astype(np.float32)
     probs /= probs.sum(1, keepdims=True)
