@@ -239,3 +239,23 @@ def test_online_teachers_judge_the_augmented_batch_each_at_its_own_size(tmp_path
     blank = x.clone()
     blank[:3] = 0
     assert (online_teacher_targets(teachers, blank)[:3] - soft[:3]).abs().max() > 1e-4
+
+
+def test_warmup_ema_forgets_the_start_within_a_short_run_and_settles_on_the_fixed_decay():
+    torch = pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
+    from moodlens.training.train import warmup_ema
+
+    net = torch.nn.Linear(3, 2)
+    torch.nn.init.zeros_(net.weight)
+    avg = torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=warmup_ema(0.999))
+    avg.update_parameters(net)  # the first update copies the start: all zeros
+    torch.nn.init.ones_(net.weight)
+    for _ in range(200):
+        avg.update_parameters(net)
+    left = np.prod([min(0.999, (1 + n) / (10 + n)) for n in range(1, 201)])  # share of the start still held
+    np.testing.assert_allclose(avg.module.weight.detach().numpy(), 1 - left, rtol=1e-5)
+    assert left < 0.06 < 0.999**200  # a fixed 0.999 would still hold 82 % of the start
+    # long runs: past (1 + n) / (10 + n) > 0.999 the decay is the fixed one
+    update, e, c = warmup_ema(0.999), [torch.zeros(4)], [torch.ones(4)]
+    update(e, c, torch.tensor(20_000))
+    torch.testing.assert_close(e[0], torch.full((4,), 0.001))

@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # the decay ramps up over the first updates (runs 1-11 trained without)
     seed: int = 20261122
     threads: int = 2
     bf16: bool = True  # bfloat16 autocast: about 2.5x faster on CPUs with AMX / AVX512-BF16
@@ -70,6 +71,29 @@ def _lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         return cfg.lr * t / cfg.warmup_epochs
     p = (t - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-9)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+def warmup_ema(decay: float):
+    """An exponential moving average whose decay after n updates is min(decay, (1 + n) / (10 + n)),
+    as TensorFlow's ExponentialMovingAverage with ``num_updates``.
+
+    With a fixed 0.999 the average forgets its starting point only after a few
+    thousand steps: a 6-epoch run (1,326 steps) still holds 0.999 ** 1326 = 26 % of
+    the random initial weights, and scored 0.40 on FER+ valid where its live weights
+    scored 0.79. The ramp makes the average usable however short the schedule
+    (a time budget can shorten one to a few epochs) and leaves long runs as they
+    were: past 9,000 steps the decay is the fixed one.
+    """
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = float(n_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(ema[0]):
+            torch._foreach_lerp_(ema, current, 1 - d)  # as torch.optim.swa_utils.get_ema_multi_avg_fn does
+        else:  # BatchNorm's batch counters
+            for e, c in zip(ema, current):
+                e.copy_(e * d + c * (1 - d))
+    return update
 
 
 def fit_epochs(epochs: int, history: list[dict], budget_s: float | None) -> int:
@@ -259,7 +283,8 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print, progress=None) -> 
     bf16 = cfg.bf16 and _bf16_ok(device)
     log(f"device: {device}, precision: {'bfloat16 autocast' if bf16 else 'float32'}")
     torch.backends.cudnn.benchmark = True
-    ema = torch.optim.swa_utils.AveragedModel(model, use_buffers=True, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay))
+    average = warmup_ema(cfg.ema_decay) if cfg.ema_warmup else torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
+    ema = torch.optim.swa_utils.AveragedModel(model, use_buffers=True, multi_avg_fn=average)
     decay, no_decay = [], []
     for n_, p in model.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
