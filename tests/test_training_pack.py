@@ -132,17 +132,23 @@ def test_train_pack_command_writes_a_pack_and_refuses_a_non_ferplus_folder(tmp_p
     assert r.returncode == 2 and "not a FER+ root" in r.stderr and not (tmp_path / "x.npz").exists()
 
 
-def test_fit_epochs_shortens_a_schedule_that_would_overrun_and_never_lengthens_one():
+def test_fit_epochs_fits_the_schedule_and_lengthens_it_again_only_early():
     pytest.importorskip("torch", reason="training tests need the [train] extra (PyTorch)")
     from moodlens.training.train import fit_epochs
 
     h = lambda *s: [{"seconds": x} for x in s]  # noqa: E731
-    assert fit_epochs(60, h(10.0), None) == 60  # no budget
-    assert fit_epochs(60, [], 100.0) == 60  # nothing measured yet
-    assert fit_epochs(60, h(10.0), 1000.0) == 60  # fits: left alone
-    assert fit_epochs(60, h(10.0), 305.0) == 30  # 10 s an epoch: 30 fit in 305 s
-    assert fit_epochs(60, h(12.0, 8.0), 305.0) == 30  # the mean of the epochs so far
-    assert fit_epochs(60, h(10.0, 10.0, 10.0), 15.0) == 3  # overrun already: stop after the epochs done
+    assert fit_epochs(60, 60, h(10.0), None) == 60  # no budget
+    assert fit_epochs(60, 60, [], 100.0) == 60  # nothing measured yet
+    assert fit_epochs(60, 60, h(10.0), 1000.0) == 60  # fits: left alone, never past what was asked
+    assert fit_epochs(60, 60, h(10.0), 305.0) == 30  # 10 s an epoch: 30 fit in 305 s
+    assert fit_epochs(60, 60, h(10.0, 10.0, 10.0), 15.0) == 3  # overrun already: stop after the epochs done
+    # the first epoch's one-off costs: the rest is timed by the later epochs ...
+    assert fit_epochs(60, 30, h(10.0, 4.0), 205.0) == 49  # 14 s spent, then 191 s at 4 s an epoch
+    # ... and an early schedule grows back, up to what was asked
+    assert fit_epochs(60, 30, h(10.0, 2.0), 1000.0) == 60
+    # past its first tenth a schedule only shortens: its learning rate has moved on
+    assert fit_epochs(60, 20, h(10.0, 4.0, 4.0), 1000.0) == 20
+    assert fit_epochs(60, 20, h(10.0, 4.0, 4.0, 8.0), 40.0) == 6  # 26 s spent, 14 s left at 5.3 s an epoch
 
 
 def test_time_budget_fits_the_schedule_and_slim_checkpoints_feed_teachers_and_export(tmp_path):

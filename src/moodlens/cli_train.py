@@ -92,9 +92,10 @@ def train_emotion(
                                                                "(repeat) as one model into --out; no training.")] = None,
     precision: Annotated[str, typer.Option(help="Exported weights: int8 (calibrated on training faces; ~3x faster on "
                                                 "CPUs) or float16 (stored; computed in float32).")] = "int8",
-    time_budget: Annotated[Optional[float], typer.Option(help="Seconds the epochs may take: after each epoch, a "
-                                                               "schedule that would overrun is shortened to fit (never "
-                                                               "lengthened). Data preparation is not counted.")] = None,
+    time_budget: Annotated[Optional[float], typer.Option(help="Seconds the epochs may take: after each epoch the "
+                                                               "schedule is fitted to it (shortened; lengthened again "
+                                                               "only in its first tenth, never past --epochs). Data "
+                                                               "preparation is not counted.")] = None,
     no_export: Annotated[bool, typer.Option("--no-export", help="Train only; export later with --export-only.")] = False,
 ):
     """Train the FER+ emotion model (seeded, resumable), then export ONNX + model card."""

@@ -61,7 +61,7 @@ class TrainConfig:
     teacher_file: str | None = None  # teachers' probabilities saved by save_teacher_file (no networks needed)
     teacher_file_sha256: str | None = None
     aug_strength: float = 1.0  # scales every augmentation's range and rate (flips excepted)
-    time_budget_s: float | None = None  # the epochs' wall time: a schedule that would overrun is shortened
+    time_budget_s: float | None = None  # the epochs' wall time: the schedule is fitted to it (fit_epochs)
     extra: dict = field(default_factory=dict)
 
 
@@ -96,19 +96,24 @@ def warmup_ema(decay: float):
     return update
 
 
-def fit_epochs(epochs: int, history: list[dict], budget_s: float | None) -> int:
-    """The schedule's length in epochs, shortened (never lengthened) so that the epochs
-    run so far plus the rest, at their mean measured time, fit in ``budget_s``.
+def fit_epochs(asked: int, current: int, history: list[dict], budget_s: float | None) -> int:
+    """The schedule's length in epochs so that the epochs run so far plus the rest fit in
+    ``budget_s``, at most ``asked``.
 
     A schedule fitted this way still ends with its low learning rates, where a run
     cut off at a deadline would stop mid-schedule, before its weights settle. The
-    first epoch is among the measured ones, so an early fit errs on the short side.
+    rest is timed by the epochs after the first, whose time includes one-off costs
+    (a GPU's kernel autotuning, caches). While the schedule is in its first tenth,
+    where the cosine has barely left its peak, a fit may lengthen it again (up to
+    ``asked``); later it only shortens.
     """
     if budget_s is None or not history:
-        return epochs
+        return current
     spent = sum(h["seconds"] for h in history)
-    per_epoch = spent / len(history)
-    return max(len(history), min(epochs, len(history) + int((budget_s - spent) // per_epoch)))
+    steady = history[1:] or history
+    per_epoch = sum(h["seconds"] for h in steady) / len(steady)
+    fit = max(len(history), min(asked, len(history) + int((budget_s - spent) // per_epoch)))
+    return fit if len(history) <= 0.1 * current else min(fit, current)
 
 
 def split_arrays(split, template: np.ndarray, size: int) -> dict:
@@ -364,10 +369,11 @@ def train(data: Path, out: Path, cfg: TrainConfig, log=print, progress=None) -> 
         history.append({"epoch": epoch, "loss": tot / steps, "valid_acc_ema": acc, "valid_acc": acc_live,
                         "seconds": time.time() - t0})
         log(json.dumps(history[-1]))
-        fitted = fit_epochs(cfg.epochs, history, cfg.time_budget_s)
-        if fitted < cfg.epochs:
-            log(f"time budget {cfg.time_budget_s:.0f} s: the schedule is shortened from {cfg.epochs} to {fitted} epochs")
-            cfg = replace(cfg, epochs=fitted, extra={**cfg.extra, "epochs_asked": cfg.extra.get("epochs_asked", cfg.epochs)})
+        asked = cfg.extra.get("epochs_asked", cfg.epochs)
+        fitted = fit_epochs(asked, cfg.epochs, history, cfg.time_budget_s)
+        if fitted != cfg.epochs:
+            log(f"time budget {cfg.time_budget_s:.0f} s: the schedule is fitted from {cfg.epochs} to {fitted} epochs")
+            cfg = replace(cfg, epochs=fitted, extra={**cfg.extra, "epochs_asked": asked})
         state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                  "gen": gen.get_state(), "aug_gen": aug_gen.get_state(), "aug_device": device.type, "epoch": epoch,
                  "history": history, "config": asdict(cfg), "template": template.tolist()}
