@@ -57,7 +57,8 @@ done
 echo "teachers done in $(( $(date +%s) - start )) s ($(( ${#teachers[@]} / 2 )) of 4 finished)"
 [ ${#teachers[@]} -gt 0 ] || exit 1
 
-# the teachers, alone and together, on FER2013Valid (each face and its mirror, as distillation sees them)
+# the teachers, alone and together, on FER2013Valid (each face and its mirror, as distillation sees them),
+# and their mean on FER2013Train: the student's distillation targets
 "$PY" - "$PACK" "$OUT" "${teachers[@]}" <<'PY'
 import json, sys
 from pathlib import Path
@@ -89,7 +90,8 @@ PY
 
 start=$(date +%s)
 # shellcheck disable=SC2086
-train --out "$RUNS/student" $S --epochs "$EPOCHS" --time-budget "$STUDENT_BUDGET" "${teachers[@]}" >"$RUNS/student.log" 2>&1 \
+train --out "$RUNS/student" $S --epochs "$EPOCHS" --time-budget "$STUDENT_BUDGET" --teacher-file "$OUT/teachers_train.npz" \
+  >"$RUNS/student.log" 2>&1 \
   || { tail -n 20 "$RUNS/student.log" >&2; exit 1; }
 echo "student done in $(( $(date +%s) - start )) s"
 "$PY" -m moodlens.cli_train slim "$RUNS/student/checkpoint.pt" "$OUT/student.pt"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 import zipfile
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from moodlens.atomic import atomic_write
 from moodlens.errors import MoodlensError
 from moodlens.faces.align import align
 from moodlens.faces.detect import landmarks_in_crop
@@ -143,16 +143,15 @@ def pack(splits: dict[str, FerSplit], path: Path) -> int:
     """Write ``splits`` (images, votes, landmarks, hashes) to one ``.npz``; returns its size in bytes."""
     arrays = {}
     for name, s in splits.items():
-        ok, webp = cv2.imencode(".webp", _mosaic(s.images), [cv2.IMWRITE_WEBP_QUALITY, 101])  # >100: lossless
+        mosaic = _mosaic(s.images)
+        ok, webp = cv2.imencode(".webp", mosaic, [cv2.IMWRITE_WEBP_QUALITY, 101])  # >100: lossless
         if not ok:
-            raise ValueError(f"{name}: WebP encoding failed")
+            raise MoodlensError(f"{name}: WebP encoding of its {mosaic.shape[1]} x {mosaic.shape[0]} px mosaic failed "
+                                "(WebP's limit is 16,383 px a side)")
         arrays.update({f"{name}/images_webp": webp.ravel(), f"{name}/votes": s.votes, f"{name}/landmarks": s.landmarks,
                        f"{name}/files": np.asarray(s.files), f"{name}/sha256": np.asarray(s.data_sha256),
                        f"{name}/pixels_sha256": np.asarray(hashlib.sha256(s.images.tobytes()).hexdigest())})
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # the WebP mosaics are compressed already
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
+    atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)  # the WebP mosaics are compressed already
     return path.stat().st_size
 
 
