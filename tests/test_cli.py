@@ -140,3 +140,33 @@ def test_train_teacher_file_with_teacher_networks_is_refused_before_any_work(tmp
     r = _cli("train", "emotion", "--data", tmp_path, "--out", tmp_path / "run", "--teacher-file", tmp_path / "nope.npz")
     assert r.returncode == 2 and "nope.npz: no such file" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_emotion_model_option_runs_a_trained_model_and_refuses_a_damaged_one(tmp_path):
+    """A model from `moodlens train emotion` is used by analyze and eval as it is, named by its own version."""
+    import shutil
+
+    from moodlens.models import packaged_dir
+
+    card = json.loads((packaged_dir() / "emotion.json").read_text())
+    card["version"] = "my-run-1"
+    (tmp_path / "m").mkdir()
+    shutil.copy(packaged_dir() / card["file"], tmp_path / "m" / card["file"])
+    (tmp_path / "m" / "emotion.json").write_text(json.dumps(card))
+    ev = _cli("eval", "emotion", shared("ferplus", "FER2013Valid"), "--limit", "40", "--json",
+              "--emotion-model", tmp_path / "m" / "emotion.json")
+    assert ev.returncode == 0, ev.stderr
+    base = json.loads(_cli("eval", "emotion", shared("ferplus", "FER2013Valid"), "--limit", "40", "--json").stdout)
+    rep = json.loads(ev.stdout)
+    assert rep["model"] == "moodlens-emotion@my-run-1" and rep["accuracy"] == base["accuracy"]
+    r = _cli("analyze", shared("video", "pyfeat", "single_face.mp4"), "--fps", "1", "--db", f"sqlite:///{tmp_path / 'a.db'}",
+             "--out", tmp_path / "o", "--json", "--emotion-model", tmp_path / "m" / "emotion.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["models"]["emotion"] == "moodlens-emotion@my-run-1"
+    with open(tmp_path / "m" / card["file"], "ab") as f:
+        f.write(b"\0")  # the weights no longer match the card's SHA-256
+    bad = _cli("eval", "emotion", shared("ferplus", "FER2013Valid"), "--limit", "5",
+               "--emotion-model", tmp_path / "m" / "emotion.json")
+    assert bad.returncode == 2 and "does not match" in bad.stderr and "Traceback" not in bad.stderr
+    missing = _cli("eval", "emotion", shared("ferplus", "FER2013Valid"), "--emotion-model", tmp_path / "nope.json")
+    assert missing.returncode == 2 and "nope.json: model card is missing" in missing.stderr

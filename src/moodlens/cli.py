@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from moodlens.cli_common import DbOpt, FlipOpt, err_console, friendly, out_console, progress_bar
+from moodlens.cli_common import (DbOpt, EmotionModelOpt, FlipOpt, emotion_classifier, err_console, friendly,
+                                 out_console, progress_bar)
 from moodlens.errors import MoodlensError
 from moodlens.store import DEFAULT_DB
 
@@ -32,6 +33,8 @@ app.add_typer(eval_app, name="eval")
   moodlens analyze screening.mp4 --collection panel --emoji-video --report
 
   moodlens analyze talk.mp4 --flip-tta     (each face also scored mirrored: a little more accurate)
+
+  moodlens analyze talk.mp4 --emotion-model runs/emotion/emotion.json     (a model you trained)
 """)
 @friendly
 def analyze(
@@ -53,17 +56,17 @@ def analyze(
     keep_faces: Annotated[bool, typer.Option("--keep-faces", help="Put face thumbnails in report.html "
                                                                   "(off by default: faces are biometric data).")] = False,
     flip_tta: FlipOpt = False,
+    emotion_model: EmotionModelOpt = None,
 ):
     """Find every face in sampled frames, score its emotions, track it, store and export the records."""
     from moodlens.cli_reports import write_outputs
-    from moodlens.faces.emotion import EmotionClassifier
     from moodlens.pipeline import analyze as run
     from moodlens.reports.tables import export_tables
 
     with progress_bar() as bar:
         task = bar.add_task(video.name, total=1.0)
         result = run(video, fps=fps, db=db, collection=collection, match_threshold=match_threshold, reid=reid,
-                     classifier=EmotionClassifier(flip=True) if flip_tta else None,
+                     classifier=emotion_classifier(emotion_model, flip_tta),
                      progress=lambda done, total: bar.update(task, completed=min(done / total, 1.0) if total else 0))
     out = out or Path("moodlens-out") / f"{video.stem}-{result.id}"
     result.outputs = export_tables(out, result.observations, result.models, fps)
@@ -132,6 +135,8 @@ def export(analysis_id: int, out: Annotated[Path, typer.Option(help="Folder to w
   moodlens eval emotion my_faces/ --json     (folders named happy/, sad/, angry/, …)
 
   moodlens eval emotion ../shared/data/ferplus/FER2013Valid --flip-tta     (each face averaged with its mirror)
+
+  moodlens eval emotion my_faces/ --emotion-model runs/emotion/emotion.json     (a model you trained)
 """)
 @friendly
 def eval_emotion(
@@ -139,15 +144,15 @@ def eval_emotion(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Score only the first N images.")] = None,
     flip_tta: FlipOpt = False,
+    emotion_model: EmotionModelOpt = None,
 ):
     """Accuracy, per-class recall, confusion matrix and calibration error (ECE) of the emotion model;
     with FER+ votes, also the ECE against the votes (the share of annotators who chose each prediction)."""
     from moodlens.evaluation.emotion import evaluate_dataset
-    from moodlens.faces.emotion import EmotionClassifier
 
     with progress_bar() as bar:
         task = bar.add_task(data.name, total=None)
-        report = evaluate_dataset(data, classifier=EmotionClassifier(flip=True) if flip_tta else None, limit=limit,
+        report = evaluate_dataset(data, classifier=emotion_classifier(emotion_model, flip_tta), limit=limit,
                                   progress=lambda i, n: bar.update(task, completed=i, total=n))
     if as_json:
         print(json.dumps(report, indent=2))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -15,6 +16,9 @@ out_console = Console()
 err_console = Console(stderr=True)
 
 DbOpt = Annotated[str, typer.Option("--db", help="Database URL: SQLite file (default) or postgresql+psycopg://…")]
+EmotionModelOpt = Annotated[Optional[Path], typer.Option(
+    "--emotion-model", help="A model card (emotion.json, beside its emotion.onnx) written by `moodlens train emotion`, "
+                            "used instead of the shipped model; its version is what the records name.")]
 FlipOpt = Annotated[bool, typer.Option("--flip-tta", help="Average each face's emotions with its mirror image's: "
                                                           "a little more accurate, twice the emotion model's time.")]
 
@@ -39,3 +43,16 @@ def progress_bar() -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
                     disable=not err_console.is_terminal, transient=True)
+
+
+def emotion_classifier(card: Path | None, flip: bool):
+    """The emotion classifier a command asked for; None for the shipped model as it is."""
+    if card is None and not flip:
+        return None
+    from moodlens.faces.emotion import EmotionClassifier
+    from moodlens.models import ModelCard
+
+    try:
+        return EmotionClassifier(ModelCard.load(card) if card else None, flip=flip)
+    except ValueError as e:  # a card whose classes are not the FER+ eight
+        raise MoodlensError(str(e)) from e

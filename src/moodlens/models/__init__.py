@@ -41,7 +41,8 @@ def verified_bytes(path: Path, sha256: str) -> bytes:
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
-        raise ModelError(f"{path}: SHA-256 {digest} does not match the pinned {sha256}; reinstall the package")
+        raise ModelError(f"{path}: SHA-256 {digest} does not match the pinned {sha256}: the file was changed or "
+                         "damaged (reinstall the package, or export the model again)")
     return data
 
 
@@ -102,13 +103,16 @@ class ModelCard:
     def load(cls, card_path: Path) -> "ModelCard":
         if not card_path.is_file():
             raise ModelError(f"{card_path}: model card is missing")
-        raw = json.loads(card_path.read_text())
-        return cls(
-            path=card_path.parent / raw["file"], name=raw["name"], version=raw["version"],
-            sha256=raw["sha256"], input_size=int(raw["preprocessing"]["input_size"]),
-            channels=raw["preprocessing"]["channels"], classes=tuple(raw["classes"]),
-            template=tuple(tuple(p) for p in raw["preprocessing"]["template"]), raw=raw,
-        )
+        try:
+            raw = json.loads(card_path.read_text())
+            return cls(
+                path=card_path.parent / raw["file"], name=raw["name"], version=raw["version"],
+                sha256=raw["sha256"], input_size=int(raw["preprocessing"]["input_size"]),
+                channels=raw["preprocessing"]["channels"], classes=tuple(raw["classes"]),
+                template=tuple(tuple(p) for p in raw["preprocessing"]["template"]), raw=raw,
+            )
+        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+            raise ModelError(f"{card_path}: not a moodlens model card ({type(e).__name__}: {e})") from e
 
     def session(self, threads: int | None = None) -> ort.InferenceSession:
         return session(verified_bytes(self.path, self.sha256), threads)
