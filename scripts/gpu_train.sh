@@ -74,7 +74,7 @@ for name in ("FER2013Valid", "FER2013Train"):
     at = {}  # faces aligned at each teacher's own size, once
     x_at = lambda s: at.setdefault(s, split_arrays(splits[name], template, s)["x"])
     probs[name] = [teacher_targets((p,), x_at(48), dev, images_at=x_at) for p in paths]
-y = split_arrays(splits["FER2013Valid"], template, 48)["y"]
+y = splits["FER2013Valid"].majority[splits["FER2013Valid"].usable]  # split_arrays' labels, without aligning again
 for p, pv in zip(paths, probs["FER2013Valid"]):
     log = [json.loads(l) for l in open(Path(p).parent / "log.jsonl")]
     summary["teachers"][p] = {"valid_acc_flip": float((pv.argmax(1) == y).mean()), "epochs": len(log),
