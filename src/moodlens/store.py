@@ -49,6 +49,9 @@ class AnalysisRow(Base):
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     frames: Mapped[int] = mapped_column(Integer, default=0)
     observations: Mapped[int] = mapped_column(Integer, default=0)
+    # Stretches of the video that could not be decoded and were skipped (corrupt packets):
+    # [{"start_s", "end_s", "frames"}, ...]; None or [] when everything decoded.
+    decode_gaps: Mapped[list | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     host: Mapped[str | None] = mapped_column(String(255))
     pid: Mapped[int | None] = mapped_column(Integer)
@@ -137,11 +140,12 @@ class Store:
                 s.execute(update(ObservationRow).where(ObservationRow.analysis_id == analysis_id,
                                                        ObservationRow.track == track).values(person=person))
 
-    def finish(self, analysis_id: int, frames: int, timings: dict) -> None:
+    def finish(self, analysis_id: int, frames: int, timings: dict, decode_gaps: list[dict] | None = None) -> None:
         with self.session() as s, s.begin():
             n = s.scalar(select(func.count()).where(ObservationRow.analysis_id == analysis_id))
             s.execute(update(AnalysisRow).where(AnalysisRow.id == analysis_id).values(
-                status=COMPLETE, frames=frames, observations=n, timings=timings, finished_at=_now()))
+                status=COMPLETE, frames=frames, observations=n, timings=timings, decode_gaps=decode_gaps or [],
+                finished_at=_now()))
 
     def fail(self, analysis_id: int, error: str, status: str = FAILED) -> None:
         with self.session() as s, s.begin():
