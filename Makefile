@@ -69,7 +69,7 @@ train-all: train
 	$(TRAIN) --out runs/pair11 --member runs/r80o/checkpoint.pt --member runs/s64c2/checkpoint.pt
 
 # A borrowed GPU machine cannot read ../shared: FER+ packed into .device/ (55 MiB) travels with `carry`
-# (README, "Training on a GPU"; scripts/gpu_train.sh runs there).
+# (docs/training.md, "Training on a GPU"; scripts/gpu_train.sh runs there).
 device-pack: $(STAMP)
 	test -f .device/ferplus.npz || $(BIN)/moodlens train pack --data $(DATA)/ferplus --out .device/ferplus.npz
 

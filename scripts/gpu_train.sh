@@ -2,7 +2,7 @@
 # Train stronger teachers and a student distilled from them on a borrowed GPU, inside a time box.
 #
 # Runs on the GPU machine, from the repository root, with the FER+ pack carried in `.device/`
-# (`make device-pack` writes it here; README, "Training on a GPU"). It needs only what that machine
+# (`make device-pack` writes it here; docs/training.md, "Training on a GPU"). It needs only what that machine
 # has: PyTorch, ONNX Runtime, OpenCV, Typer, Rich. Four teachers train at once (each is bound by
 # kernel launches on its own CPU core, so the GPU has room for all), each fitted into
 # TEACHER_BUDGET seconds; their flip-averaged ensemble is scored on FER2013Valid; then the shipped

@@ -2,7 +2,7 @@
 
 It imports neither the database nor the video stack, so ``python -m
 moodlens.cli_train`` runs on a machine that has only PyTorch, ONNX Runtime,
-OpenCV, Typer and Rich, such as a borrowed GPU machine (README, "Training on a GPU").
+OpenCV, Typer and Rich, such as a borrowed GPU machine (docs/training.md, "Training on a GPU").
 """
 
 from __future__ import annotations
