@@ -53,7 +53,7 @@ def measure(path: Path, fps: float) -> dict:
     ana = run_child(f"import time, tempfile; import moodlens\n"
                     f"d = tempfile.mkdtemp(); t = time.perf_counter()\n"
                     f"a = moodlens.analyze({str(path)!r}, fps={fps}, db=f'sqlite:///{{d}}/b.db')\n"
-                    f"RESULT = dict(wall_s=time.perf_counter() - t, total_s=a.timings['total'], obs=len(a.observations), timings=a.timings)")
+                    f"RESULT = dict(wall_s=time.perf_counter() - t, total_s=a.timings['total'], obs=a.n_observations, timings=a.timings)")
     return {**dec, **ana}
 
 

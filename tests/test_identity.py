@@ -200,6 +200,50 @@ def test_embeddings_match_opencv_dnn_on_the_original_int8_file():
     np.testing.assert_allclose(ours[1], ours[0], atol=1e-5)
 
 
+def test_embeddings_do_not_depend_on_the_batch_size():
+    crops = np.random.default_rng(0).integers(0, 255, (9, 112, 112, 3), dtype=np.uint8)
+    session = default_embedder().session
+    ref = Embedder(session, batch_size=9)(crops)
+    for b in (1, 4):
+        assert np.array_equal(Embedder(session, batch_size=b)(crops), ref), b  # bit for bit
+
+
+_SFACE_MEMORY = """
+import gc, json
+import numpy as np
+from moodlens.models import yunet_session
+from moodlens.faces.identity import default_embedder
+
+def rss():
+    gc.collect()
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+
+yunet_session()  # ONNX Runtime's start-up, paid without identity too
+r0 = rss()
+emb = default_embedder()
+r1 = rss()
+emb(np.random.default_rng(0).integers(0, 255, (32, 112, 112, 3), dtype=np.uint8))
+print(json.dumps({"load": r1 - r0, "after_32": rss() - r0}))
+"""
+
+
+def test_sface_memory_stays_small():
+    """Issue 22: --reid doubled analyze's peak. The session kept ~140 MB after loading
+    (36 MB serialised model held by ORT's wrapper, ~65 MB of the fold's freed heap) and
+    ORT's arena kept ~320 MB after one batch of 32 faces. Now: the weights (~40 MB), and
+    an arena sized for one face at a time."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads RSS from /proc (Linux)")
+    out = subprocess.run([sys.executable, "-c", _SFACE_MEMORY], capture_output=True, text=True, check=True)
+    mb = json.loads(out.stdout.strip().splitlines()[-1])
+    assert mb["load"] < 90, mb  # was 143; about 37 now
+    assert mb["after_32"] < 150, mb  # was 440; about 55 now
+
+
 # -- collections on real photos -----------------------------------------------------
 def test_bbt_enrol_four_crops_each_and_identify_the_fifth(tmp_path, db_url):
     root = shared("identity", "bbt")

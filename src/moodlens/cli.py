@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from moodlens.cli_common import (DbOpt, EmotionModelOpt, FlipOpt, emotion_classifier, err_console, friendly,
+from moodlens.cli_common import (DbOpt, EmotionModelOpt, FlipOpt, emotion_classifier, err_console, finite, friendly,
                                  out_console, progress_bar)
 from moodlens.errors import MoodlensError
 from moodlens.store import DEFAULT_DB
@@ -39,7 +39,7 @@ app.add_typer(eval_app, name="eval")
 @friendly
 def analyze(
     video: Annotated[Path, typer.Argument(help="Video file (mp4, mov, mkv, mpg, avi, gif, …).")],
-    fps: Annotated[float, typer.Option(help="Frames sampled per second of video.", min=0.01)] = 2.0,
+    fps: Annotated[float, typer.Option(help="Frames sampled per second of video.", min=0.01, callback=finite)] = 2.0,
     out: Annotated[Optional[Path], typer.Option(help="Folder for records.csv, records.jsonl, summary.csv "
                                                      "[default: moodlens-out/<video>-<analysis id>].")] = None,
     db: DbOpt = DEFAULT_DB,
@@ -59,59 +59,98 @@ def analyze(
     emotion_model: EmotionModelOpt = None,
 ):
     """Find every face in sampled frames, score its emotions, track it, store and export the records."""
-    from moodlens.cli_reports import write_outputs
-    from moodlens.pipeline import analyze as run
-    from moodlens.reports.tables import export_tables
+    from rich.markup import escape
 
+    from moodlens.outputs import check_out_folder
+    from moodlens.pipeline import analyze as run
+
+    if out is not None:
+        check_out_folder(out)  # before minutes of work, not after
     with progress_bar() as bar:
         task = bar.add_task(video.name, total=1.0)
         result = run(video, fps=fps, db=db, collection=collection, match_threshold=match_threshold, reid=reid,
                      classifier=emotion_classifier(emotion_model, flip_tta),
                      progress=lambda done, total: bar.update(task, completed=min(done / total, 1.0) if total else 0))
     out = out or Path("moodlens-out") / f"{video.stem}-{result.id}"
-    result.outputs = export_tables(out, result.observations, result.models, fps)
-    result.outputs.update(write_outputs(result, out, emoji_video=emoji_video, report=report,
-                                        blur_unknown=blur_unknown, keep_faces=keep_faces))
+    result.outputs = _write_analysis_outputs(result, out, db, emoji_video=emoji_video, report=report,
+                                             blur_unknown=blur_unknown, keep_faces=keep_faces)
     summary = result.summary
+    n_tracks = result.n_tracks
     if as_json:
+        from moodlens.store import safe_url
         print(json.dumps({
-            "analysis_id": result.id, "video": result.video, "status": result.status, "db": db,
-            "frames": result.timings.get("frames", None) or len({o["frame"] for o in result.observations}),
-            "observations": len(result.observations), "tracks": len(result.tracks),
+            "analysis_id": result.id, "video": result.video, "status": result.status, "db": safe_url(db),
+            "frames": result.frames,
+            "observations": result.n_observations, "tracks": n_tracks,
             "outputs": {k: str(v) for k, v in result.outputs.items()}, "models": result.models,
-            "timings": result.timings, "ids": summary,
+            "timings": result.timings, "decode_gaps": result.decode_gaps, "ids": summary,
         }, indent=2, default=str))
         return
-    table = Table(title=f"analysis {result.id}: {video.name}", title_justify="left")
+    table = Table(title=f"analysis {result.id}: {escape(video.name)}", title_justify="left")
     table.add_column("id", no_wrap=True, min_width=10)
     for col in ("seen s", "obs", "calm", "happy", "surpr", "sad", "angry", "disg", "fear", "cont"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in summary:
-        table.add_row(r["id"], f"{r['seconds']:.1f}", str(r["observations"]),
+        table.add_row(escape(r["id"]), f"{r['seconds']:.1f}", str(r["observations"]),
                       *(f"{r[c + '_mean']:.0f}" for c in ("calm", "happy", "surprised", "sad", "angry",
                                                            "disgusted", "fear", "contempt")))
     if summary:
         out_console.print(table)
     else:
-        out_console.print(f"analysis {result.id}: no faces found in {video.name}")
+        out_console.print(f"analysis {result.id}: no faces found in {escape(video.name)}")
     rtf = result.timings.get("realtime_factor")
-    out_console.print(f"{len(result.observations)} observations, {len(result.tracks)} tracks"
+    out_console.print(f"{result.n_observations} observations, {n_tracks} tracks"
                       + (f", {rtf:.1f}x real time" if rtf else ""))
+    for gap in result.decode_gaps:
+        err_console.print(f"[yellow]skipped[/] {gap.get('start_s', 0):.2f}-{gap.get('end_s', 0):.2f} s: "
+                          "could not be decoded", highlight=False)
     for name, p in result.outputs.items():
-        out_console.print(f"  {name}: {p}")
+        out_console.print(f"  {name}: {escape(str(p))}")
+
+
+def _write_analysis_outputs(result, out: Path, db: str, **what) -> dict[str, Path]:
+    """Write an analysis's files; once the analysis is stored, a failure here says so and how
+    to write them again, rather than ending in a traceback (exit 2, nothing in ``out`` changed)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from moodlens.cli_reports import write_outputs
+    from moodlens.outputs import stale_outputs
+    from moodlens.store import safe_url
+
+    try:
+        outputs = write_outputs(result, out, **what)
+    except (MoodlensError, OSError, SQLAlchemyError) as e:
+        reason = (f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename
+                  else e.strerror if isinstance(e, OSError) and e.strerror
+                  else str(getattr(e, "orig", None) or e).splitlines()[0])
+        db_flag = "" if db == DEFAULT_DB else f" --db '{safe_url(db)}'"
+        again = [f"moodlens export {result.id} --out DIR{db_flag}"]
+        if what.get("report"):
+            again.append(f"moodlens report {result.id} --out DIR{db_flag}")
+        if what.get("emoji_video"):
+            again.append(f"moodlens render {result.id} --out DIR/emoji.mp4{db_flag}")
+        raise MoodlensError(
+            f"analysis {result.id} is stored and complete in {safe_url(db)}, but its files could not be written to "
+            f"{out} ({reason}); nothing there was changed. Write them again with: " + " ; ".join(again)) from None
+    for p in stale_outputs(out, outputs):
+        err_console.print(f"note: {p} is from an earlier run (not rewritten by this one)", highlight=False,
+                          markup=False)
+    return outputs
 
 
 @app.command(epilog="Examples:\n\n  moodlens analyses\n\n  moodlens analyses --db sqlite:///out/demo/moodlens.db")
 @friendly
 def analyses(db: DbOpt = DEFAULT_DB, limit: int = 20):
     """List recent analyses and their status (running, complete, failed, interrupted)."""
+    from rich.markup import escape
+
     from moodlens.store import Store
 
     table = Table()
     for col in ("id", "status", "video", "frames", "observations", "started"):
         table.add_column(col)
     for a in Store(db).analyses(limit):
-        table.add_row(str(a.id), a.status, Path(a.video).name, str(a.frames), str(a.observations),
+        table.add_row(str(a.id), a.status, escape(Path(a.video).name), str(a.frames), str(a.observations),
                       a.started_at.strftime("%Y-%m-%d %H:%M"))
     out_console.print(table)
 
@@ -120,12 +159,12 @@ def analyses(db: DbOpt = DEFAULT_DB, limit: int = 20):
 @friendly
 def export(analysis_id: int, out: Annotated[Path, typer.Option(help="Folder to write into.")], db: DbOpt = DEFAULT_DB):
     """Write records.csv, records.jsonl and summary.csv for a complete analysis."""
+    from moodlens.outputs import write_tables
     from moodlens.pipeline import load_analysis
-    from moodlens.reports.tables import export_tables
 
     a = load_analysis(analysis_id, db)
-    for name, p in export_tables(out, a.observations, a.models, a.params.get("fps")).items():
-        out_console.print(f"{name}: {p}")
+    for name, p in write_tables(a, out).items():
+        out_console.print(f"{name}: {p}", highlight=False, markup=False)
 
 
 @eval_app.command("emotion", epilog="""Examples:
@@ -177,12 +216,14 @@ def eval_emotion(
 
 from moodlens.cli_faces import EVAL_IDENTITY_EPILOG, eval_identity, faces_app  # noqa: E402
 from moodlens.cli_reports import register as _register_reports  # noqa: E402
+from moodlens.cli_serve import register as _register_serve  # noqa: E402
 from moodlens.cli_train import train_app  # noqa: E402
 
 app.add_typer(faces_app, name="faces")
 app.add_typer(train_app, name="train")
 eval_app.command("identity", epilog=EVAL_IDENTITY_EPILOG)(eval_identity)
 _register_reports(app)
+_register_serve(app)
 
 
 def main() -> None:  # pragma: no cover

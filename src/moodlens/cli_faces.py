@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from moodlens.cli_common import DbOpt, err_console, friendly, out_console
@@ -57,10 +58,11 @@ def enroll_cmd(
         return
     for r in results:
         verb = "skipped" if r.skipped else "enrolled"
-        out_console.print(f"{verb} {r.path} as {r.person} in {collection} (quality {r.quality:.2f})",
-                          highlight=False, soft_wrap=True)
+        out_console.print(f"{verb} {escape(str(r.path))} as {escape(r.person)} in {escape(collection)} "
+                          f"(quality {r.quality:.2f})", highlight=False, soft_wrap=True)
         for w in r.warnings:
-            err_console.print(f"[yellow]warning:[/] {r.path}: {w}", highlight=False, soft_wrap=True)
+            err_console.print(f"[yellow]warning:[/] {escape(str(r.path))}: {escape(w)}", highlight=False,
+                              soft_wrap=True)
 
 
 @faces_app.command("list", epilog="""Examples:
@@ -84,13 +86,13 @@ def list_cmd(
                            "created_at": p.created_at.isoformat()} for p in people], indent=2))
         return
     if not people:
-        out_console.print("no one enrolled" + (f" in {collection}" if collection else ""))
+        out_console.print("no one enrolled" + (f" in {collection}" if collection else ""), markup=False)
         return
     table = Table()
     for col in ("collection", "person", "faces", "enrolled"):
         table.add_column(col, justify="right" if col == "faces" else "left")
     for p in people:
-        table.add_row(p.collection, p.person, str(p.faces), p.created_at.strftime("%Y-%m-%d %H:%M"))
+        table.add_row(escape(p.collection), escape(p.person), str(p.faces), p.created_at.strftime("%Y-%m-%d %H:%M"))
     out_console.print(table)
 
 
@@ -109,7 +111,7 @@ def remove_cmd(
 
     n = remove_person(Store(db), collection, person)
     out_console.print(f"removed {person} from {collection} ({n} face{'s' if n != 1 else ''})", highlight=False,
-                      soft_wrap=True)
+                      soft_wrap=True, markup=False)
 
 
 @faces_app.command("search", epilog="""Examples:
@@ -144,7 +146,7 @@ def search_cmd(
         for col in ("person", "score", f"≥ {threshold:g}"):
             table.add_column(col, justify="left" if col == "person" else "right")
         for m in f.matches:
-            table.add_row(m.person, f"{m.score:.1f}", "match" if m.score >= threshold else "")
+            table.add_row(escape(m.person), f"{m.score:.1f}", "match" if m.score >= threshold else "")
         out_console.print(table)
         if not f.matches or f.matches[0].score < threshold:
             out_console.print("  no enrolled person reaches the threshold: unknown", highlight=False)
@@ -183,7 +185,8 @@ def eval_identity(
         print(json.dumps(report, indent=2))
         return
     fmt = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731
-    out_console.print(f"[bold]{data}[/] ({report['layout']}): {report['people']} people, {report['images']} photos"
+    out_console.print(f"[bold]{escape(str(data))}[/] ({report['layout']}): {report['people']} people, "
+                      f"{report['images']} photos"
                       f"{', ' + str(len(report['no_face'])) + ' without a face' if report['no_face'] else ''}; "
                       f"enrol {enrol}, {report['strangers_per_split']} strangers a split, {report['repeats']} splits",
                       highlight=False, soft_wrap=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -40,7 +39,7 @@ def render_analysis(analysis, out: Path, blur_unknown: bool = False, label: str 
     fps = (analysis.params or {}).get("fps")
     with progress_bar() as bar:
         task = bar.add_task(label, total=1.0)
-        return render_emoji_video(video, analysis.observations, out, blur_unknown=blur_unknown,
+        return render_emoji_video(video, analysis.iter_observations(), out, blur_unknown=blur_unknown,
                                   sample_interval_s=1.0 / fps if fps else None,
                                   progress=lambda done, total: bar.update(
                                       task, completed=min(done / total, 1.0) if total else 0))
@@ -50,41 +49,36 @@ def report_analysis(analysis, out: Path, keep_faces: bool = False) -> Path:
     """report.html for a loaded analysis; face thumbnails only with ``keep_faces``."""
     from moodlens.reports.html import face_thumbnails, write_report
 
-    thumbs = face_thumbnails(analysis.video, analysis.observations) if keep_faces else None
+    thumbs = face_thumbnails(analysis.video, analysis.iter_observations()) if keep_faces else None
     return write_report(analysis, out, keep_faces_thumbnails=thumbs)
 
 
-def write_outputs(analysis, out: Path, *, emoji_video: bool = False, report: bool = False,
+def write_outputs(analysis, out: Path, *, tables: bool = True, emoji_video: bool = False, report: bool = False,
                   blur_unknown: bool = False, keep_faces: bool = False) -> dict[str, Path]:
-    """What ``analyze --emoji-video --report [--blur-unknown] [--keep-faces]`` adds to ``out``."""
+    """What ``analyze [--emoji-video] [--report] [--blur-unknown] [--keep-faces]`` writes to ``out``.
+
+    All files are written into a staging folder and moved into ``out`` together once
+    every one is whole (:mod:`moodlens.outputs`): a failure leaves ``out`` as it was.
+    """
+    from moodlens.outputs import final_paths, staged, tables_into
+
     outputs: dict[str, Path] = {}
-    if report:
-        outputs["report.html"] = report_analysis(analysis, out / "report.html", keep_faces)
-    if emoji_video:
-        outputs["emoji.mp4"] = render_analysis(analysis, out / "emoji.mp4", blur_unknown)
-    return outputs
+    with staged(out) as stage:
+        if tables:
+            outputs.update(tables_into(stage, analysis))
+        if report:
+            outputs["report.html"] = report_analysis(analysis, stage / "report.html", keep_faces)
+        if emoji_video:
+            outputs["emoji.mp4"] = render_analysis(analysis, stage / "emoji.mp4", blur_unknown)
+    return final_paths(outputs, out)
 
 
-_READ_ONLY = re.compile(r"^\s*(select|with|explain|values)\b", re.I)
+def run_query(db: str, sql: str, timeout: float = 60.0) -> tuple[list[str], list[tuple]]:
+    """Column names and rows of one read-only statement (see :mod:`moodlens.query`, whose
+    ``open_query`` streams the rows instead of holding them); errors come back as one line."""
+    from moodlens.query import run_query as _run
 
-
-def run_query(db: str, sql: str) -> tuple[list[str], list[tuple]]:
-    """Run one read-only statement (SELECT / WITH …); errors come back as one line."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from moodlens.store import Store
-
-    body = sql.strip().rstrip(";").strip()
-    if not body:
-        raise MoodlensError("query: empty SQL")
-    if ";" in body or not _READ_ONLY.match(body):
-        raise MoodlensError("query runs one read-only statement (SELECT or WITH …); "
-                            "use the database's own tools to change data")
-    try:
-        return Store(db).query(body)
-    except SQLAlchemyError as e:
-        msg = str(getattr(e, "orig", None) or e).splitlines()[0]
-        raise MoodlensError(f"query failed: {msg}") from None
+    return _run(db, sql, timeout=timeout)
 
 
 def _cell(v: Any) -> Any:
@@ -122,7 +116,7 @@ def render(
 
     a = load_analysis(analysis_id, db)
     path = render_analysis(a, out or default_out(a) / "emoji.mp4", blur_unknown)
-    out_console.print(f"emoji.mp4: {path}")
+    out_console.print(f"emoji.mp4: {path}", markup=False)
     err_console.print(ATTRIBUTION, style="dim", highlight=False)
 
 
@@ -147,7 +141,52 @@ def report(
 
     a = load_analysis(analysis_id, db)
     path = report_analysis(a, out or default_out(a) / "report.html", keep_faces)
-    out_console.print(f"report.html: {path}")
+    out_console.print(f"report.html: {path}", markup=False)
+
+
+TABLE_ROWS = 1000  # rows the on-screen table shows at most; --out, --json and a pipe get every row
+
+
+def _write_csv(f, columns: list[str], rows) -> int:
+    w = csv.writer(f)
+    w.writerow(columns)
+    n = 0
+    for r in rows:
+        w.writerow([_cell(v) for v in r])
+        n += 1
+    return n
+
+
+def _write_jsonl(f, columns: list[str], rows) -> int:
+    n = 0
+    for r in rows:
+        f.write(json.dumps(dict(zip(columns, map(_cell, r))), separators=(",", ":")) + "\n")
+        n += 1
+    return n
+
+
+def _write_json(f, columns: list[str], rows) -> int:
+    """A JSON array written a row at a time, laid out as ``json.dump(rows, f, indent=2)`` would."""
+    n = 0
+    for r in rows:
+        item = json.dumps(dict(zip(columns, map(_cell, r))), indent=2).replace("\n", "\n  ")
+        f.write(("[\n  " if n == 0 else ",\n  ") + item)
+        n += 1
+    f.write("\n]" if n else "[]")
+    return n
+
+
+_WRITERS = {".csv": _write_csv, ".jsonl": _write_jsonl, ".json": _write_json}
+
+
+def _stdout_gone() -> None:
+    """The reader of our pipe (head, less) stopped early: not an error; keep Python quiet at exit."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 @app.command("query", epilog="""Examples:
@@ -158,50 +197,81 @@ def report(
 
   moodlens query "SELECT * FROM observations WHERE analysis_id = 3 AND anger > 50" --json
 
+  moodlens query "SELECT * FROM observations" --out everything.jsonl --timeout 0     (a big export, no time limit)
+
+The database is opened read-only (SQLite: mode=ro; PostgreSQL: a READ ONLY transaction): a statement
+that would change anything is refused, whatever word it starts with. One statement per call. It stops
+after --timeout seconds (default 60, rows included; 0 for no limit) or on Ctrl-C. Rows stream to --out,
+--json and a pipe; the on-screen table shows the first 1,000. SQL that begins with a -- comment goes
+after a lone --: moodlens query -- "-- note …".
+
 Tables: analyses (id, video, status, params, models, …) and observations (analysis_id, seq, person,
 frame, time_s, track, x, y, w, h, score, quality and the eight emotion scores in percent:
 neutral, happiness, surprise, sadness, anger, disgust, fear, contempt).
 """)
 @friendly
 def query(
-    sql: Annotated[str, typer.Argument(help="One read-only SQL statement (SELECT or WITH …).")],
+    sql: Annotated[str, typer.Argument(help="One read-only SQL statement (SELECT, WITH …, VALUES, EXPLAIN, …).")],
     out: Annotated[Optional[Path], typer.Option(help="Write the result to a file: .csv, .json or .jsonl.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help="Stop the statement after this many seconds, "
+                                                                    "its rows included (0: no limit).")] = 60.0,
     db: DbOpt = DEFAULT_DB,
 ):
-    """Run SQL over the analyses and their observations, and print or export the result."""
-    from moodlens.reports.tables import write_csv, write_jsonl
+    """Run SQL over the analyses and their observations, read-only, and print or export the result."""
+    from rich.text import Text
 
-    columns, rows = run_query(db, sql)
-    records = [dict(zip(columns, map(_cell, r))) for r in rows]
+    from moodlens.atomic import atomic_write
+    from moodlens.query import open_query
+
+    writer = None
     if out is not None:
-        suffix = out.suffix.lower()
-        if suffix == ".csv":
-            write_csv(out, columns, records)
-        elif suffix == ".jsonl":
-            write_jsonl(out, records)
-        elif suffix == ".json":
-            from moodlens.atomic import atomic_write
-            atomic_write(out, lambda f: json.dump(records, f, indent=2))
-        else:
+        writer = _WRITERS.get(out.suffix.lower())
+        if writer is None:
             raise MoodlensError(f"{out}: unknown export format; use .csv, .json or .jsonl")
-        out_console.print(f"{len(records)} rows: {out}")
-        return
-    if as_json:
-        print(json.dumps(records, indent=2))
-        return
-    if not sys.stdout.isatty() and not out_console.is_terminal:
-        w = csv.writer(sys.stdout)  # piped: plain CSV, nothing cut
-        w.writerow(columns)
-        w.writerows([[r[c] for c in columns] for r in records])
-        return
-    table = Table(show_lines=False)
-    for c in columns:
-        table.add_column(c, overflow="fold")
-    for r in records:
-        table.add_row(*("" if r[c] is None else str(r[c]) for c in columns))
+    with open_query(db, sql, timeout=timeout) as result:
+        columns = result.columns
+        if writer is not None:
+            n = 0
+
+            def write(f):
+                nonlocal n
+                n = writer(f, columns, result)
+            try:
+                atomic_write(out, write)
+            except OSError as e:
+                raise MoodlensError(f"{out}: cannot write the result ({e.strerror or e})") from None
+            out_console.print(f"{n} rows: {out}", markup=False, highlight=False, soft_wrap=True)
+            return
+        try:
+            if as_json:
+                _write_json(sys.stdout, columns, result)
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+                return
+            if not sys.stdout.isatty() and not out_console.is_terminal:
+                _write_csv(sys.stdout, columns, result)  # piped: plain CSV, every row
+                sys.stdout.flush()
+                return
+        except BrokenPipeError:
+            _stdout_gone()
+            return
+        table = Table(show_lines=False)
+        for c in columns:
+            table.add_column(Text(c), overflow="fold")
+        shown, more = 0, False
+        for r in result:
+            if shown == TABLE_ROWS:
+                more = True
+                break
+            table.add_row(*(Text("" if v is None else str(v)) for v in map(_cell, r)))
+            shown += 1
     out_console.print(table)
-    out_console.print(f"{len(records)} rows", style="dim")
+    if more:
+        out_console.print(f"the first {TABLE_ROWS:,} rows; there are more: use --out FILE (.csv, .json, .jsonl) "
+                          "or pipe the output for all of them", style="dim")
+    else:
+        out_console.print(f"{shown} rows", style="dim")
 
 
 def register(main_app: typer.Typer) -> None:

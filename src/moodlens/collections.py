@@ -42,6 +42,10 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+MAX_NAME = 255
+"""Longest collection or person id (characters): the database columns' size."""
+
+
 class CollectionRow(Base):
     __tablename__ = "collections"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -72,14 +76,7 @@ class FaceEmbeddingRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
-_TABLES = [CollectionRow.__table__, PersonRow.__table__, FaceEmbeddingRow.__table__]
-
-
-def _ensure(store: Store) -> None:
-    """Create the collection tables if this database predates them (cheap, idempotent)."""
-    if not getattr(store, "_collections_ready", False):
-        Base.metadata.create_all(store.engine, tables=_TABLES)
-        store._collections_ready = True  # type: ignore[attr-defined]
+# The tables are created and upgraded by the schema migrations (moodlens.migrations), when Store opens.
 
 
 @dataclass
@@ -137,15 +134,12 @@ def expand_images(items: list[Path]) -> list[Path]:
 
 
 def read_image(path: Path) -> tuple[np.ndarray, str]:
-    """BGR image (EXIF orientation applied) and the SHA-256 of the file's bytes."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise MediaError(f"{path}: cannot read ({e.strerror or e})") from e
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise MediaError(f"{path}: not a readable image")
-    return image, hashlib.sha256(data).hexdigest()
+    """BGR image (EXIF orientation applied) and the SHA-256 of the file's bytes. The size
+    is checked from the header before decoding (``moodlens.images.MAX_IMAGE_PIXELS``)."""
+    from moodlens.images import decode_image, read_image_bytes
+
+    data = read_image_bytes(path)
+    return decode_image(data, path), hashlib.sha256(data).hexdigest()
 
 
 def faces_in_photo(image: np.ndarray, threshold: float = DETECT_THRESHOLD) -> Faces:
@@ -226,7 +220,9 @@ def enroll(store: Store, collection: str, person: str, images: list[Path], large
     """
     if not collection.strip() or not person.strip():
         raise EnrolmentError("collection and person ids must not be empty")
-    _ensure(store)
+    for kind, name in (("collection", collection), ("person", person)):
+        if len(name) > MAX_NAME:  # the columns hold 255 characters (PostgreSQL enforces it)
+            raise EnrolmentError(f"{kind} id is {len(name)} characters long; at most {MAX_NAME} are allowed")
     paths = expand_images(images)
     if not paths:
         raise EnrolmentError("no photos given")
@@ -286,7 +282,6 @@ def enroll(store: Store, collection: str, person: str, images: list[Path], large
 
 def list_people(store: Store, collection: str | None = None) -> list[PersonInfo]:
     """People (with their number of enrolled faces), of one collection or of all."""
-    _ensure(store)
     with store.session() as s:
         q = (select(CollectionRow.name, PersonRow.person, func.count(FaceEmbeddingRow.id), PersonRow.created_at)
              .join(PersonRow, PersonRow.collection_id == CollectionRow.id)
@@ -300,14 +295,12 @@ def list_people(store: Store, collection: str | None = None) -> list[PersonInfo]
 
 
 def collections(store: Store) -> list[str]:
-    _ensure(store)
     with store.session() as s:
         return list(s.scalars(select(CollectionRow.name).order_by(CollectionRow.name)))
 
 
 def remove_person(store: Store, collection: str, person: str) -> int:
     """Delete a person and all their enrolled faces; returns how many faces went."""
-    _ensure(store)
     with store.session() as s, s.begin():
         cid = _collection_id(s, collection)
         pid = s.scalar(select(PersonRow.id).where(PersonRow.collection_id == cid, PersonRow.person == person))
@@ -321,7 +314,6 @@ def remove_person(store: Store, collection: str, person: str) -> int:
 
 def load_gallery(store: Store, collection: str, model: str = MODEL_NAME) -> Gallery:
     """Every enrolled embedding of a collection as one in-memory matrix (load once per analysis)."""
-    _ensure(store)
     with store.session() as s:
         cid = _collection_id(s, collection)
         rows = s.execute(select(FaceEmbeddingRow.id, PersonRow.person, FaceEmbeddingRow.embedding)

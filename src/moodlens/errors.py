@@ -19,3 +19,11 @@ class EnrolmentError(MoodlensError):
 
 class NotFoundError(MoodlensError):
     """An analysis, collection or person does not exist."""
+
+
+class OptionError(MoodlensError, ValueError):
+    """A parameter is out of its range (an fps of inf or nan, a negative count)."""
+
+
+class Cancelled(MoodlensError):
+    """Work stopped because someone asked it to (a cancelled service job)."""

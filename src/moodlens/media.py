@@ -6,6 +6,12 @@ at most a few frames are alive at once whatever the video length. When sampling
 sparsely the decoder is told to skip non-reference frames, which nothing else depends
 on, so they are never decoded; only emitted frames are converted to BGR.
 
+Corrupt data does not end the analysis. As FFmpeg does, a packet the decoder rejects
+is skipped and decoding goes on; the stretches of time left without pictures are
+reported as gaps (:class:`DecodeStats`). Decoding fails only when no frame decodes at
+all, or when more than :data:`MAX_LOSS` of the video is lost. A file whose packets stop
+before its stated duration is truncated, and is an error as before.
+
 Every failure reaches the caller as one :class:`~moodlens.errors.MediaError` line that
 starts with the path; PyAV's own exceptions never escape.
 """
@@ -15,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -32,7 +38,35 @@ but at rates near the stream's it would make samples miss their targets."""
 _EARLY_STOP_S = 1.0
 """A video whose frames stop more than this before its stated duration is truncated."""
 
+MAX_LOSS = 0.5
+"""The largest share of a video's duration (from the start time to the stated end) that may
+be lost to undecodable packets. Past it decoding fails: the results would mostly be holes."""
+
 _AV_ERRORS = (av.FFmpegError, OSError)
+
+
+@dataclass
+class DecodeStats:
+    """What decoding skipped, filled in by :func:`iter_frames` (``stats=``) as it runs and
+    final once the iterator is exhausted.
+
+    ``gaps`` lists the stretches of the video that could not be decoded, in time order, as
+    ``{"start_s": 9.468, "end_s": 10.761, "packets": 24}``: from just after the last good
+    frame to the first good frame after it (seconds from the video's start), and how many
+    packets the decoder rejected there. The frames of a gap are not emitted, so sample
+    targets inside it are skipped.
+    """
+
+    packets: int = 0  # video packets read from the file
+    failed_packets: int = 0  # packets the decoder rejected (skipped)
+    frames: int = 0  # frames decoded and kept (not those skipped on purpose, nor damaged ones in a gap)
+    gaps: list[dict] = field(default_factory=list)
+    first_error: str | None = None  # FFmpeg's message for the first rejected packet
+
+    @property
+    def lost_s(self) -> float:
+        """Seconds of video inside the gaps."""
+        return sum(g["end_s"] - g["start_s"] for g in self.gaps)
 
 
 @dataclass(frozen=True)
@@ -89,12 +123,21 @@ def probe(path: str | Path) -> VideoInfo:
         stream = _video_stream(container, path)
         fps = _average_fps(stream)
         duration, _ = _duration(container, stream, fps)
+        first, error = None, None
         try:
-            first = next(container.decode(stream), None)
+            for packet in container.demux(stream):
+                try:
+                    frames = stream.decode(packet)
+                except _AV_ERRORS as err:  # a corrupt packet: skipped, as when decoding
+                    error = error or _reason(err)
+                    continue
+                if frames:
+                    first = frames[0]
+                    break
         except _AV_ERRORS as err:
             raise MediaError(f"{path}: cannot decode the first video frame ({_reason(err)})") from None
         if first is None:
-            raise MediaError(f"{path}: no decodable video frames")
+            raise MediaError(f"{path}: no decodable video frames" + (f" ({error})" if error else ""))
         rotation = rotation_cw(first.rotation)
         width, height = first.width, first.height
         if rotation in (90, 270):
@@ -109,6 +152,7 @@ def probe(path: str | Path) -> VideoInfo:
 
 def iter_frames(
     path: str | Path, fps: float | None = 2.0, skip_nonref: bool = True, start_s: float = 0.0,
+    stats: DecodeStats | None = None,
 ) -> Iterator[Frame]:
     """Yield upright BGR frames sampled at ``fps`` by timestamp (``None``: every frame).
 
@@ -118,23 +162,30 @@ def iter_frames(
     ``round(time_s * average_fps)``, so indices stay meaningful when frames are skipped.
     With ``skip_nonref`` and a sparse ``fps`` a sample may land a frame or two after its
     target (the nearest reference frame); ``time_s`` is always the frame's true time.
+
+    Packets the decoder rejects are skipped; pass a :class:`DecodeStats` as ``stats`` to
+    learn what was lost (its ``gaps``). Raises ``MediaError`` when nothing decodes, when
+    more than :data:`MAX_LOSS` of the video is lost, or when the file is truncated.
     """
-    samples = _sample(_check_args(path, fps), fps, skip_nonref, start_s)  # path errors now, not at next()
+    samples = _sample(_check_args(path, fps), fps, skip_nonref, start_s, stats)  # path errors now, not at next()
     return (
         Frame(index, time_s, upright(frame.to_ndarray(format="bgr24"), rotation_cw(frame.rotation)))
         for frame, time_s, index in samples
     )
 
 
-def decode_only(path: str | Path, fps: float | None = 2.0, skip_nonref: bool = True) -> int:
+def decode_only(path: str | Path, fps: float | None = 2.0, skip_nonref: bool = True,
+                stats: DecodeStats | None = None) -> int:
     """Decode and sample exactly as :func:`iter_frames` does, without the BGR
     conversion; return the number of frames that would be emitted (for benchmarks)."""
-    return sum(1 for _ in _sample(_check_args(path, fps), fps, skip_nonref, 0.0))
+    return sum(1 for _ in _sample(_check_args(path, fps), fps, skip_nonref, 0.0, stats))
 
 
-def _sample(path, fps, skip_nonref, start_s) -> Iterator[tuple[av.VideoFrame, float, int]]:
+def _sample(path, fps, skip_nonref, start_s, stats=None) -> Iterator[tuple[av.VideoFrame, float, int]]:
     """The decode loop shared by :func:`iter_frames` and :func:`decode_only`: yields
-    ``(av frame, time_s, index)`` for the frames to emit, and checks for truncation."""
+    ``(av frame, time_s, index)`` for the frames to emit, skips the packets the decoder
+    rejects (recording the gaps in ``stats``), and checks for truncation and loss."""
+    stats = stats if stats is not None else DecodeStats()
     with _open(path) as container:
         stream = _video_stream(container, path)
         avg_fps = _average_fps(stream)
@@ -144,6 +195,7 @@ def _sample(path, fps, skip_nonref, start_s) -> Iterator[tuple[av.VideoFrame, fl
         # Half a nominal frame: the tolerance of a target. Not frame.duration: in MP4 it is
         # the decode-order (DTS) step, meaningless for presentation once B-frames reorder.
         half = 0.5 / avg_fps
+        step = 2 * half
         stream.thread_type = "AUTO"
         if fps is not None and skip_nonref and fps * _SPARSE_RATIO <= avg_fps:
             stream.codec_context.skip_frame = "NONREF"
@@ -155,35 +207,118 @@ def _sample(path, fps, skip_nonref, start_s) -> Iterator[tuple[av.VideoFrame, fl
         k = 0 if fps is None else math.ceil(start_s * fps - 1e-9)  # next target index
         last_t: float | None = None
         last_end = -math.inf
-        frames = container.decode(stream)
+        last_pts = None  # the largest packet timestamp read: how far the file's data goes
+        # The open gap while packets fail: [start_s, first and last failed packet time, packets].
+        # It closes at the first good frame after the last failure (frames come out in
+        # presentation order, after every packet presented before them has been sent).
+        gap: list | None = None
+        lost_closed = 0.0  # seconds in the closed gaps
+        span = duration - start_s if duration_known else 0.0  # what the loss share is of
+        packets = container.demux(stream)
+        decode = stream.decode
         while True:
             try:
-                frame = next(frames, None)
-            except _AV_ERRORS as err:
+                packet = next(packets, None)
+            except _AV_ERRORS as err:  # the demuxer, not the decoder: the data ends here
                 at = 0.0 if last_t is None else last_t
                 raise MediaError(f"{path}: truncated or corrupt at {at:.2f} s ({_reason(err)})") from None
-            if frame is None:
+            if packet is None:
                 break
-            t = (frame.pts - origin) * tb if frame.pts is not None else (
-                0.0 if last_t is None else last_t + 1.0 / avg_fps)
-            last_t = t
-            last_end = max(last_end, t + 2 * half)
-            if t < start_s - half:
+            pts = packet.pts
+            if pts is None:
+                pts = packet.dts
+            if packet.size:  # not the empty flush packet at the end
+                stats.packets += 1
+                if pts is not None and (last_pts is None or pts > last_pts):
+                    last_pts = pts
+            try:
+                frames = decode(packet)
+            except _AV_ERRORS as err:  # corrupt data: skip the packet, as FFmpeg does
+                stats.failed_packets += 1
+                if stats.first_error is None:
+                    stats.first_error = _reason(err)
+                tp = (pts - origin) * tb if pts is not None else (0.0 if last_t is None else last_t + step)
+                if gap is None:
+                    gap = [0.0 if last_t is None else min(last_t + step, tp), tp, tp, 0]
+                gap[1], gap[2], gap[3] = min(gap[1], tp), max(gap[2], tp), gap[3] + 1
+                gap[0] = min(gap[0], gap[1])
+                lost = lost_closed + gap[2] + step - max(gap[0], start_s)  # at least, so far
+                if span > 0 and lost > MAX_LOSS * span:
+                    raise _loss_error(path, stats, lost, span, len(stats.gaps) + 1, early=True)
                 continue
-            if fps is not None:
-                if t < k / fps - half:
+            for frame in frames:
+                t = (frame.pts - origin) * tb if frame.pts is not None else (
+                    0.0 if last_t is None else last_t + step)
+                if gap is not None:
+                    if t < gap[1]:  # a frame presented before the failures, output late
+                        gap[0] = max(gap[0], min(t + step, gap[1]))
+                    elif t > gap[2]:  # the first good frame after them
+                        lost_closed += _close_gap(stats, gap, t, start_s)
+                        gap = None
+                    else:  # among the rejected packets: it may reference them (a concealed picture)
+                        continue
+                if last_t is not None and t < last_t:
+                    continue  # out of order (a decoder reset by corrupt data): never go back in time
+                stats.frames += 1
+                last_t = t
+                last_end = max(last_end, t + step)
+                if t < start_s - half:
                     continue
-                # Consume every target this frame satisfies so it is emitted once only.
-                k = max(k + 1, math.floor((t + half) * fps) + 1)
-            yield frame, t, round(t * avg_fps)
+                if fps is not None:
+                    if t < k / fps - half:
+                        continue
+                    # Consume every target this frame satisfies so it is emitted once only.
+                    k = max(k + 1, math.floor((t + half) * fps) + 1)
+                yield frame, t, round(t * avg_fps)
+        data_end = -math.inf if last_pts is None else (last_pts - origin) * tb + step
+        if gap is not None and (not duration_known or data_end >= duration - _EARLY_STOP_S):
+            # Packets go on to the end but none decoded after the failures: a corrupt tail.
+            _close_gap(stats, gap, max(gap[2] + step, duration if duration_known else 0.0), start_s)
+            gap = None
         if last_t is None:
             if start_s <= 0:
-                raise MediaError(f"{path}: no decodable video frames")
-        elif duration_known and start_s < duration and last_end < duration - _EARLY_STOP_S:
+                raise MediaError(f"{path}: no decodable video frames" + (
+                    f" ({stats.failed_packets} of {stats.packets} packets rejected: {stats.first_error})"
+                    if stats.failed_packets else ""))
+            return
+        corrupt_tail = bool(stats.gaps) and stats.gaps[-1]["end_s"] >= duration - _EARLY_STOP_S
+        if duration_known and start_s < duration and last_end < duration - _EARLY_STOP_S and not corrupt_tail:
+            # The frames stop early, and so do the packets (or nothing failed): truncated.
             raise MediaError(
                 f"{path}: truncated or corrupt at {last_end:.2f} s (frames stop before the "
                 f"stated duration of {duration:.2f} s)"
             )
+        if span <= 0:
+            span = max(last_end, data_end) - start_s
+        if span > 0 and stats.lost_s > MAX_LOSS * span:
+            raise _loss_error(path, stats, stats.lost_s, span, len(stats.gaps), early=False)
+
+
+def _close_gap(stats: DecodeStats, gap: list, end: float, start_s: float) -> float:
+    """Record an open gap ``[start, lo, hi, packets]`` as ending at ``end`` (the part
+    before ``start_s`` is not part of this decode; one that overlaps the last recorded gap
+    extends it). Returns the seconds added to the gaps."""
+    start, end = round(max(gap[0], start_s), 3), round(end, 3)
+    if end <= start:
+        return 0.0
+    if stats.gaps and start <= stats.gaps[-1]["end_s"]:
+        last = stats.gaps[-1]
+        before = last["end_s"] - last["start_s"]
+        last["start_s"], last["end_s"] = min(last["start_s"], start), max(last["end_s"], end)
+        last["packets"] += gap[3]
+        return last["end_s"] - last["start_s"] - before
+    stats.gaps.append({"start_s": start, "end_s": end, "packets": gap[3]})
+    return end - start
+
+
+def _loss_error(path: Path, stats: DecodeStats, lost_s: float, span: float, n_gaps: int,
+                early: bool) -> MediaError:
+    share = f"{'over ' if early else ''}{100 * lost_s / span:.0f} %"
+    return MediaError(
+        f"{path}: {share} of the video could not be decoded ({lost_s:.1f} s in {n_gaps} "
+        f"stretch{'es' if n_gaps != 1 else ''}, {stats.failed_packets} packets rejected: "
+        f"{stats.first_error}); more than the {100 * MAX_LOSS:.0f} % allowed"
+    )
 
 
 def _check_args(path: str | Path, fps: float | None) -> Path:

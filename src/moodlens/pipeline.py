@@ -9,6 +9,8 @@ today, a process pool or Ray later) can run it anywhere and give the same rows.
 
 from __future__ import annotations
 
+import math
+import numbers
 import queue
 import threading
 import time
@@ -17,16 +19,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from moodlens import media
-from moodlens.errors import MediaError, MoodlensError
+from moodlens.errors import Cancelled, MediaError, MoodlensError, OptionError
 from moodlens.faces.align import align_batch
 from moodlens.faces.detect import detect_faces
 from moodlens.faces.emotion import EmotionClassifier, default_classifier
 from moodlens.faces.quality import quality as face_quality
 from moodlens.faces.track import Tracker, appearance_features
 from moodlens.models import YUNET_SHA256, sha256_file, yunet_session
-from moodlens.store import DEFAULT_DB, Store, bulk
+from moodlens.store import DEFAULT_DB, FAILED, INTERRUPTED, Store, bulk, safe_url
 from moodlens.types import EMOTIONS, Faces, Frame
 
 Progress = Callable[[float, float], None]  # (seconds done, seconds total)
@@ -46,6 +49,16 @@ class Options:
     reid: bool | None = None  # merge an unknown person's tracks; None: on when a collection is given
     faces_per_track: int = 5  # best-quality faces embedded per track
 
+    def __post_init__(self) -> None:
+        # inf or nan would pass a plain "> 0" check and fail much later (nan compares False)
+        def finite(x) -> bool:
+            return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+        if not (finite(self.fps) and self.fps > 0):
+            raise OptionError(f"fps must be a finite number above 0, not {self.fps!r}")
+        if not finite(self.match_threshold):
+            raise OptionError(f"match_threshold must be a finite number (0-100), not {self.match_threshold!r}")
+
     @property
     def identity(self) -> bool:
         return bool(self.collection) if self.reid is None else self.reid or bool(self.collection)
@@ -59,7 +72,13 @@ class Options:
 
 @dataclass
 class Analysis:
-    """The result of ``analyze``: its database id, metadata and observation rows."""
+    """The result of ``analyze``: its database id and metadata; the rows stay in the database.
+
+    Rows are read only when asked: :meth:`iter_observations` streams them (flat memory
+    however long the video), while :attr:`observations`, :attr:`records` and
+    :attr:`tracks` load them all (about 3 KB a row: fine for a clip, not for a
+    two-hour lecture). :attr:`summary` is folded over the stream.
+    """
 
     id: int
     video: str
@@ -68,26 +87,50 @@ class Analysis:
     params: dict
     models: dict
     timings: dict
-    observations: list[dict] = field(repr=False)
+    store: Store = field(repr=False)
+    n_observations: int = 0
+    frames: int = 0  # sampled frames analysed
+    decode_gaps: list[dict] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row, store: Store) -> "Analysis":
+        return cls(id=row.id, video=row.video, status=row.status, info=row.video_info or {}, params=row.params or {},
+                   models=row.models or {}, timings=row.timings or {}, store=store,
+                   n_observations=row.observations or 0, frames=row.frames or 0,
+                   decode_gaps=list(row.decode_gaps or []))
+
+    def iter_observations(self) -> Iterator[dict]:
+        """Store rows (percentages) in time order, streamed from the database."""
+        return self.store.iter_observations(self.id)
+
+    @property
+    def observations(self) -> list[dict]:
+        """Every store row in one list (memory grows with the rows)."""
+        return list(self.iter_observations())
 
     @property
     def records(self) -> list[dict]:
         """Rows in records.csv's format (seed columns first)."""
         from moodlens.reports.tables import record
-        return [record(o) for o in self.observations]
+        return [record(o) for o in self.iter_observations()]
 
     @property
     def summary(self) -> list[dict]:
+        """Per id: observations, seconds seen and each emotion's sum and mean (summary.csv)."""
         from moodlens.reports.tables import summary
-        return summary(self.observations, self.params.get("fps"))
+        return summary(self.iter_observations(), self.params.get("fps"))
 
     @property
     def tracks(self) -> dict[int, list[dict]]:
         out: dict[int, list[dict]] = {}
-        for o in self.observations:
+        for o in self.iter_observations():
             out.setdefault(o["track"], []).append(o)
         return out
+
+    @property
+    def n_tracks(self) -> int:
+        return self.store.track_count(self.id)
 
 
 class FaceStage:
@@ -186,6 +229,7 @@ def analyze(
     progress: Progress | None = None,
     classifier: EmotionClassifier | None = None,
     store: Store | None = None,
+    on_start: Callable[[int], None] | None = None,
     **options,
 ) -> Analysis:
     """Analyse a video: every face in every sampled frame, with emotions and tracks.
@@ -214,6 +258,8 @@ def analyze(
     load_s = time.perf_counter() - t_load
     info_d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(info).items()}
     aid = store.create_analysis(str(path.resolve()), asdict(opts), models, info_d, sha256_file(path))
+    if on_start is not None:
+        on_start(aid)  # e.g. a service job records its analysis before the long part
     stage = FaceStage(classifier, opts)
     tracker = Tracker(max_missed=opts.max_missed)
     bank = TrackBank(per_track=opts.faces_per_track) if opts.identity else None
@@ -222,7 +268,7 @@ def analyze(
     n_frames = 0
     buffer: list[dict] = []
     try:
-        for frame in prefetch(media.iter_frames(path, fps=fps), timings):
+        for frame in prefetch(media.iter_frames(path, fps=fps, stats=(decoded := media.DecodeStats())), timings):
             faces = stage(frame)
             t = time.perf_counter()
             ids = tracker.update(faces, appearance_features(faces.crops) if len(faces) else None)
@@ -249,32 +295,53 @@ def analyze(
             labels = bank.resolve(gallery, threshold=opts.match_threshold)
             store.set_person(aid, {track: name for track, (name, _) in labels.items()})
             timings["identity"] = timings.get("identity", 0.0) + time.perf_counter() - t
-    except (MoodlensError, Exception) as e:
-        store.fail(aid, str(e))
+    except KeyboardInterrupt:
+        _record_failure(store, aid, "interrupted by the user", INTERRUPTED)
+        raise
+    except Exception as e:
+        recorded = _record_failure(store, aid, str(e), INTERRUPTED if isinstance(e, Cancelled) else FAILED)
+        if isinstance(e, SQLAlchemyError):
+            raise _database_error(store, aid, e, recorded) from None
         if isinstance(e, MoodlensError):
             raise
         raise MediaError(f"{path}: analysis failed ({type(e).__name__}: {e})") from e
-    except KeyboardInterrupt:
-        store.fail(aid, "interrupted by the user", "interrupted")
-        raise
     timings.update(stage.timings)
     timings["total"] = time.perf_counter() - t_start
     timings["realtime_factor"] = info.duration_s / timings["total"] if timings["total"] > 0 else None
-    store.finish(aid, n_frames, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timings.items()})
-    row = store.analysis(aid)
-    analysis = Analysis(id=aid, video=row.video, status=row.status, info=info_d, params=row.params,
-                        models=row.models, timings=row.timings, observations=store.observations(aid))
+    try:
+        store.finish(aid, n_frames, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timings.items()},
+                     decode_gaps=decoded.gaps)  # stretches skipped as undecodable (media.DecodeStats)
+        analysis = Analysis.from_row(store.analysis(aid), store)
+    except SQLAlchemyError as e:
+        raise _database_error(store, aid, e, False) from None
     if out is not None:
-        from moodlens.reports.tables import export_tables
-        analysis.outputs = export_tables(Path(out), analysis.observations, models, fps)
+        from moodlens.outputs import write_tables
+        analysis.outputs = write_tables(analysis, Path(out))
     return analysis
 
 
+def _record_failure(store: Store, aid: int, error: str, status: str = FAILED) -> bool:
+    """Mark an analysis failed or interrupted; False when the database itself is gone
+    (then readers see it as interrupted, since its process is gone too)."""
+    try:
+        store.fail(aid, error, status)
+        return True
+    except SQLAlchemyError:
+        return False
+
+
+def _database_error(store: Store, aid: int, e: SQLAlchemyError, recorded: bool) -> MoodlensError:
+    reason = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
+    return MoodlensError(
+        f"{safe_url(store.url)}: the database failed during analysis {aid} ({type(e).__name__}: {reason}); "
+        "the analysis is not complete" + ("" if recorded else
+                                          " and will show as interrupted once the database answers again"))
+
+
 def load_analysis(analysis_id: int, db: str = DEFAULT_DB) -> Analysis:
+    """A complete analysis from the database (its rows are streamed when used)."""
     store = Store(db)
-    row = store.complete_analysis(analysis_id)
-    return Analysis(id=row.id, video=row.video, status=row.status, info=row.video_info, params=row.params,
-                    models=row.models, timings=row.timings, observations=store.observations(row.id))
+    return Analysis.from_row(store.complete_analysis(analysis_id), store)
 
 
 __all__ = ["Analysis", "Options", "analyze", "load_analysis", "observation_rows", "bulk"]

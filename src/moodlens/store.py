@@ -11,22 +11,69 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
-from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, func,
+from sqlalchemy import (JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, create_engine, event, func,
                         select, text, update)
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from moodlens import migrations
 from moodlens.errors import MoodlensError, NotFoundError
 from moodlens.types import EMOTIONS
 
 DEFAULT_DB = "sqlite:///moodlens.db"
 RUNNING, COMPLETE, FAILED, INTERRUPTED = "running", "complete", "failed", "interrupted"
+
+
+def _password(url: object) -> str | None:
+    """The password in a database URL (``user:pw@`` or ``?password=``), or None."""
+    try:
+        u = make_url(str(url))
+    except Exception:  # noqa: BLE001 - unparsable: look for user:password@ by hand
+        m = re.search(r"://[^:/@\s]*:([^@\s]+)@", str(url))
+        return m.group(1) if m else None
+    pw = u.password or u.query.get("password")
+    if isinstance(pw, tuple):
+        pw = pw[0] if pw else None
+    return str(pw) if pw else None
+
+
+def safe_url(url: object) -> str:
+    """A database URL fit for messages and ``--json``: the password, if any, is ``***``.
+
+    Never raises: a string SQLAlchemy cannot parse is masked by pattern (``user:***@``).
+    """
+    try:
+        u = make_url(str(url))
+    except Exception:  # noqa: BLE001
+        return hide_password(str(url), url)
+    if "password" in u.query:
+        u = u.update_query_dict({"password": "***"})
+    return u.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
+
+
+def hide_password(message: str, url: object) -> str:
+    """``message`` with ``url``'s password (as written or %-encoded) replaced by ``***``.
+
+    A password of 4 characters or more is replaced wherever it appears; a shorter one only
+    where it reads as a password (``:pw@``, ``password=pw``), not to garble the message.
+    """
+    pw = _password(url)
+    if not pw or pw == "***":
+        return message
+    for form in {pw, quote_plus(pw), quote(pw, safe="")}:
+        if len(form) >= 4:
+            message = message.replace(form, "***")
+        else:
+            message = message.replace(f":{form}@", ":***@").replace(f"password={form}", "password=***")
+    return message
 
 
 class Base(DeclarativeBase):
@@ -50,7 +97,8 @@ class AnalysisRow(Base):
     frames: Mapped[int] = mapped_column(Integer, default=0)
     observations: Mapped[int] = mapped_column(Integer, default=0)
     # Stretches of the video that could not be decoded and were skipped (corrupt packets):
-    # [{"start_s", "end_s", "frames"}, ...]; None or [] when everything decoded.
+    # [{"start_s", "end_s", "packets"}, ...] (packets: those the decoder rejected; see
+    # moodlens.media.DecodeStats); None or [] when everything decoded.
     decode_gaps: Mapped[list | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     host: Mapped[str | None] = mapped_column(String(255))
@@ -63,6 +111,8 @@ class ObservationRow(Base):
     """One face in one sampled frame. Emotion columns are percentages (0-100)."""
 
     __tablename__ = "observations"
+    # iter_observations reads an analysis's rows in this order: walked, not sorted
+    __table_args__ = (Index("ix_observations_analysis_time", "analysis_id", "time_s", "track"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
     seq: Mapped[str] = mapped_column(String(512))
@@ -103,16 +153,18 @@ class Store:
     """The database behind analyses (and later collections); one per process is plenty."""
 
     def __init__(self, url: str = DEFAULT_DB):
-        self.url = url
+        self.url = url  # as given (with any password); messages use safe_url(self.url)
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine: Engine = create_engine(url)
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
-        except (SQLAlchemyError, ImportError) as e:
-            raise MoodlensError(f"{url}: cannot open database ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+            # Brings the schema to the newest revision (Alembic, under a lock); one SELECT when current.
+            self.schema = migrations.ensure_schema(self.engine, safe_url(url))
+        except (SQLAlchemyError, ImportError, ValueError) as e:  # ValueError: a URL's port that is not a number
+            first = hide_password((str(e).splitlines() or [""])[0], url)
+            raise MoodlensError(f"{safe_url(url)}: cannot open database ({type(e).__name__}: {first})") from e
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -156,7 +208,7 @@ class Store:
         with self.session() as s:
             row = s.get(AnalysisRow, analysis_id)
         if row is None:
-            raise NotFoundError(f"analysis {analysis_id}: no such analysis in {self.url}")
+            raise NotFoundError(f"analysis {analysis_id}: no such analysis in {safe_url(self.url)}")
         if row.status == RUNNING and not _alive(row.host, row.pid):
             self.fail(analysis_id, "the process running it stopped before it finished", INTERRUPTED)
             return self.analysis(analysis_id)
@@ -175,14 +227,37 @@ class Store:
         return [self.analysis(i) for i in ids]
 
     def observations(self, analysis_id: int) -> list[dict]:
+        """Every row of an analysis in one list: memory grows with the rows (~3 KB each);
+        exports and reports use :meth:`iter_observations` instead."""
+        return list(self.iter_observations(analysis_id))
+
+    def iter_observations(self, analysis_id: int, batch: int = 2000) -> Iterator[dict]:
+        """An analysis's rows in time order (then track), streamed from the database in
+        batches of ``batch``: memory stays flat however long the video was (a server-side
+        cursor on PostgreSQL; SQLite's cursor steps through the result)."""
+        cols = [getattr(ObservationRow, f) for f in OBS_FIELDS]
+        stmt = (select(*cols).where(ObservationRow.analysis_id == analysis_id)
+                .order_by(ObservationRow.time_s, ObservationRow.track, ObservationRow.id))
+        with self.engine.connect() as c:
+            result = c.execution_options(stream_results=True, yield_per=batch).execute(stmt)
+            for r in result:
+                yield dict(zip(OBS_FIELDS, r))
+
+    def delete_analysis(self, analysis_id: int) -> None:
+        """Erase an analysis and its rows (faces are biometric data: users must be able to)."""
+        with self.session() as s, s.begin():
+            s.execute(ObservationRow.__table__.delete().where(ObservationRow.analysis_id == analysis_id))
+            s.execute(AnalysisRow.__table__.delete().where(AnalysisRow.id == analysis_id))
+
+    def track_count(self, analysis_id: int) -> int:
+        """Distinct tracks of an analysis, counted in the database."""
         with self.session() as s:
-            cols = [getattr(ObservationRow, f) for f in OBS_FIELDS]
-            result = s.execute(select(*cols).where(ObservationRow.analysis_id == analysis_id)
-                               .order_by(ObservationRow.time_s, ObservationRow.track))
-            return [dict(zip(OBS_FIELDS, r)) for r in result]
+            return s.scalar(select(func.count(func.distinct(ObservationRow.track)))
+                            .where(ObservationRow.analysis_id == analysis_id)) or 0
 
     def query(self, sql: str, params: dict | None = None) -> tuple[list[str], list[tuple]]:
-        """Run read-only SQL (the seed's reporting style); returns column names and rows."""
+        """Run SQL on the store's own read-write connection; returns column names and rows.
+        Not read-only: ``moodlens query`` goes through :mod:`moodlens.query` instead."""
         with self.engine.connect() as c:
             result = c.execute(text(sql), params or {})
             return list(result.keys()), [tuple(r) for r in result]

@@ -16,11 +16,11 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from moodlens.faces.detect import detect_faces
+from moodlens.images import read_image
 
 
 def ellipse_to_box(ellipse) -> tuple[float, float, float, float]:
@@ -87,9 +87,7 @@ def predict_fddb(root: str | Path, threshold: float = 0.3, **detect_kwargs) -> l
     """
     rows = []
     for path, gt in load_fddb(root):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise FileNotFoundError(path)
+        image = read_image(path)  # one-line MediaError for a missing, unreadable or oversized photo
         t0 = time.perf_counter()
         faces = detect_faces(image, threshold=threshold, **detect_kwargs)
         ms = (time.perf_counter() - t0) * 1e3

@@ -21,6 +21,7 @@ from moodlens.errors import MoodlensError
 from moodlens.faces.align import align_batch
 from moodlens.faces.detect import detect_faces
 from moodlens.faces.emotion import EmotionClassifier, default_classifier, tight_crop_input
+from moodlens.images import read_image
 from moodlens.metrics import classification_report, restrict
 from moodlens.training.ferplus import read_labels, vote_shares
 from moodlens.types import EMOTIONS
@@ -95,9 +96,7 @@ def evaluate_dataset(root: Path, classifier: EmotionClassifier | None = None, li
         shares = None if shares is None else shares[:limit]
     inputs, kinds = [], {"scene": 0, "crop": 0}
     for i, p in enumerate(paths):
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            raise MoodlensError(f"{p}: not a readable image")
+        img = read_image(p)  # one-line MediaError for a missing, unreadable or oversized photo
         x, kind = model_input(img, clf)
         inputs.append(x)
         kinds[kind] += 1

@@ -85,9 +85,17 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 # Embedding
 # ---------------------------------------------------------------------------------
 class Embedder:
-    """Batched SFace through ONNX Runtime: aligned BGR crops in, unit 128-d vectors out."""
+    """Batched SFace through ONNX Runtime: aligned BGR crops in, unit 128-d vectors out.
 
-    def __init__(self, session=None, batch_size: int = 32):
+    ``batch_size`` is the most crops per ONNX Runtime call: one by default. ORT's
+    arena keeps the activations of the largest call for the session's life, about
+    15 MB a face (30 MB at 1, 75 MB at 4, over 300 MB at 32, which made up most of
+    what ``--reid`` added to ``analyze``'s peak), while on 2 cores the CPU time a face
+    is the same at any batch size (``benchmarks/identity_speed.py``). A face's vector
+    is bit-identical whatever the batch (``benchmarks/identity_memory.py``).
+    """
+
+    def __init__(self, session=None, batch_size: int = 1):
         if session is None:
             from moodlens.models import sface_session
             session = sface_session()

@@ -62,7 +62,15 @@ def session(model: onnx.ModelProto | bytes, threads: int | None = None) -> ort.I
     if threads:
         so.intra_op_num_threads = threads
     data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    # ORT's Python wrapper keeps the serialised model for the session's lifetime (its own
+    # "TODO: This is bad as we're holding the memory indefinitely"), only to rebuild the
+    # session when a GPU provider fails over to the CPU. Ours is CPU-only: let it go
+    # (36 MB for SFace's float32 fold).
+    sess.disable_fallback()
+    if getattr(sess, "_model_bytes", None) is not None:
+        sess._model_bytes = None
+    return sess
 
 
 @functools.cache
@@ -81,8 +89,35 @@ def sface_model() -> onnx.ModelProto:
 
 @functools.cache
 def sface_session() -> ort.InferenceSession:
-    """SFace 2021dec with a free batch size."""
-    return session(make_dynamic_input(sface_model(), {0: "batch"}))
+    """SFace 2021dec with a free batch size.
+
+    Memory (``benchmarks/identity_memory.py``): the session keeps about 40 MB live
+    (the float32 weights). The fold and the build pass the weights through several
+    short-lived copies (int8 -> float32 arrays -> protobuf -> serialised bytes ->
+    ONNX Runtime's parse), 65-130 MB of freed heap that glibc would keep mapped for
+    the whole run: it is handed back right away. The activations ORT's arena keeps
+    depend on the largest batch run (see ``Embedder``).
+    """
+    sess = session(make_dynamic_input(sface_model(), {0: "batch"}))
+    release_free_memory()
+    return sess
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    glibc's malloc keeps freed memory mapped for reuse, so a large transient at
+    model load (the float32 fold) would otherwise count in the peak RSS of the
+    whole run. Costs a few milliseconds; call it after one-off work, not per frame.
+    """
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):  # not glibc (macOS, musl, Windows)
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import bisect
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -30,6 +30,7 @@ import av
 import cv2
 import numpy as np
 
+from moodlens.atomic import clean_stale_temps, lock_temp, remove_quietly, temp_path
 from moodlens.media import rotation_cw, upright
 from moodlens.errors import MediaError, MoodlensError
 from moodlens.types import EMOTIONS
@@ -154,13 +155,14 @@ class Overlay:
 class _Track:
     __slots__ = ("track", "times", "boxes", "persons", "emotions", "start", "end")
 
-    def __init__(self, track: int, obs: list[dict], hold: float):
-        obs = sorted(obs, key=lambda o: o["time_s"])
+    def __init__(self, track: int, samples: list[tuple], hold: float):
+        """``samples``: (time_s, x, y, w, h, person, emotion) tuples of one track."""
+        samples = sorted(samples, key=lambda o: o[0])
         self.track = track
-        self.times = np.array([o["time_s"] for o in obs], np.float64)
-        self.boxes = np.array([[o["x"], o["y"], o["w"], o["h"]] for o in obs], np.float64)
-        self.persons = [str(o["person"]) for o in obs]
-        self.emotions = [dominant(o) for o in obs]
+        self.times = np.array([o[0] for o in samples], np.float64)
+        self.boxes = np.array([o[1:5] for o in samples], np.float64)
+        self.persons = [o[5] for o in samples]
+        self.emotions = [o[6] for o in samples]
         self.start, self.end = self.times[0] - hold, self.times[-1] + hold
 
 
@@ -173,11 +175,17 @@ class TrackBoxes:
     emotion are those of the nearest sample in time.
     """
 
-    def __init__(self, observations: Sequence[dict], interval_s: float | None = None,
+    def __init__(self, observations: Iterable[dict], interval_s: float | None = None,
                  max_gap_intervals: float = _MAX_GAP_INTERVALS):
-        groups: dict[int, list[dict]] = {}
+        # One pass over the rows (they may stream from the database), keeping only what is
+        # drawn: a small tuple per sample, the id strings shared, instead of each row's dict.
+        groups: dict[int, list[tuple]] = {}
+        names: dict[str, str] = {}
         for o in observations:
-            groups.setdefault(int(o["track"]), []).append(o)
+            person = str(o["person"])
+            person = names.setdefault(person, person)
+            groups.setdefault(int(o["track"]), []).append(
+                (float(o["time_s"]), float(o["x"]), float(o["y"]), float(o["w"]), float(o["h"]), person, dominant(o)))
         self.interval_s = float(interval_s) if interval_s else _estimate_interval(groups)
         self.hold = self.interval_s / 2
         self.max_gap = self.interval_s * max_gap_intervals + 1e-6
@@ -222,11 +230,11 @@ class TrackBoxes:
         return Overlay(tuple(float(v) for v in box), tr.persons[j], tr.emotions[j], tr.track)
 
 
-def _estimate_interval(groups: dict[int, list[dict]]) -> float:
+def _estimate_interval(groups: dict[int, list[tuple]]) -> float:
     """The sampling interval, from the spacing of samples within tracks (median)."""
     diffs = []
     for obs in groups.values():
-        ts = np.unique(np.array([o["time_s"] for o in obs], np.float64))
+        ts = np.unique(np.array([o[0] for o in obs], np.float64))
         diffs.extend(np.diff(ts).tolist())
     diffs = [d for d in diffs if d > 1e-4]
     return float(np.median(diffs)) if diffs else _DEFAULT_INTERVAL_S
@@ -374,8 +382,13 @@ def _first_frame(path: Path):
     try:
         with av.open(str(path)) as c:
             s = _video_stream(c, path)
-            for frame in c.decode(s):
-                return rotation_cw(frame.rotation), frame.width, frame.height
+            for packet in c.demux(s):
+                try:
+                    frames = packet.decode()
+                except _AV_ERRORS:
+                    continue  # a corrupt packet; the next may decode
+                for frame in frames:
+                    return rotation_cw(frame.rotation), frame.width, frame.height
     except _AV_ERRORS as e:
         raise MediaError(f"{path}: cannot decode ({' '.join(str(e).split())})") from None
     raise MediaError(f"{path}: no decodable video frames")
@@ -390,7 +403,7 @@ def _rate(stream) -> Fraction:
 
 def render_emoji_video(
     video: str | Path,
-    observations: Sequence[dict],
+    observations: Iterable[dict],
     out: str | Path,
     blur_unknown: bool = False,
     progress: Progress | None = None,
@@ -420,19 +433,26 @@ def render_emoji_video(
         for e in {e for tr in boxes.tracks for e in tr.emotions}:
             emoji_rgba(e, _MASTER)  # rasterise up front: a missing package fails now, not mid-video
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    clean_stale_temps(out.parent)  # a killed render's .emoji.mp4.<pid>.tmp
+    tmp = temp_path(out)
+    hold = None  # our own handle on the temporary file, locked while PyAV writes it by name
     try:
+        hold = open(tmp, "wb")
+        lock_temp(hold)
         audio_mode = _render(video, tmp, boxes, rotation, (W, H), (EW, EH), blur_unknown, labels, progress,
                              crf, preset, copy_audio=True)
         if audio_mode == "retry-transcode":
             log.warning("%s: its audio codec cannot go into MP4 unchanged; re-encoding the audio to AAC", video)
             _render(video, tmp, boxes, rotation, (W, H), (EW, EH), blur_unknown, labels, progress,
                     crf, preset, copy_audio=False)
+        hold.close()  # before the rename: Windows cannot rename an open file
         os.replace(tmp, out)
     except _AV_ERRORS as e:
         raise MediaError(f"{video}: emoji video failed ({' '.join(str(e).split())})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if hold is not None:
+            hold.close()
+        remove_quietly(tmp)  # never a second error over the first
     return out
 
 
@@ -490,11 +510,22 @@ def _render(video, tmp, boxes, rotation, size, even_size, blur_unknown, labels, 
                     packet.stream = o
                     outc.mux(packet)
                 else:
-                    for af in packet.decode():
+                    try:
+                        audio = packet.decode()
+                    except _AV_ERRORS:
+                        continue  # corrupt audio: a short silence rather than no video
+                    for af in audio:
                         af.pts = None
                         outc.mux(o.encode(af))
                 continue
-            for frame in packet.decode():
+            try:
+                decoded = packet.decode()
+            except _AV_ERRORS:
+                continue  # a corrupt packet (as the analysis skipped it): the last good frame is held over it
+            for frame in decoded:
+                if pending is not None and frame.pts is not None and pending.pts is not None \
+                        and frame.pts <= pending.pts:
+                    continue  # a decoder recovering from corrupt data may hand back a frame out of order
                 t = float((frame.pts - origin) * tb) if frame.pts is not None else (
                     0.0 if last_t is None else last_t + 1 / float(rate))
                 last_t = t

@@ -26,14 +26,15 @@ import datetime as dt
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from moodlens.atomic import atomic_write
-from moodlens.reports.tables import REPORT_FROM_MODEL, SCORED, summary
+from moodlens.reports.tables import REPORT_FROM_MODEL, SCORED, SummaryAccumulator
 
 # report column (seed name) -> model class, in the page's order
 COLUMNS: tuple[str, ...] = ("happy", "surprised", "calm", "sad", "angry", "disgusted", "fear", "contempt")
@@ -52,6 +53,24 @@ DEFINITIONS = (
 )
 _PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,
                   "modeBarButtonsToRemove": ["select2d", "lasso2d", "autoScale2d"]}
+
+
+MAX_POINTS = 1800
+"""Points per line at most: up to 30 minutes a line has a point a second; longer videos are
+binned (a two-hour lecture: 4-second bins), so the page and the memory to make it stay small."""
+MAX_PEOPLE_LINES = 40
+"""Ids drawn in the per-person chart (those seen longest); every id is in the class summary."""
+
+
+_BUNDLE = "\x00plotly.js\x00"  # where the page's inline Plotly bundle goes
+
+
+def _row_source(analysis: Any) -> Callable[[], Iterator[dict]]:
+    """A way to read an analysis's rows again, from its store (streamed) or a list."""
+    if hasattr(analysis, "iter_observations"):
+        return analysis.iter_observations
+    rows = sorted(_attr(analysis, "observations") or [], key=lambda o: o["time_s"])  # in time order, as the store's
+    return lambda: iter(rows)
 
 
 def _attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -80,27 +99,83 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
-def per_second(observations: Sequence[dict], n_seconds: int) -> dict[str, np.ndarray]:
+class PerSecond:
+    """Sums of each report column per ``bin_s`` seconds, folded over rows one at a time.
+
+    Rows must come in time order (as the store streams them): the distinct ids of only the
+    current second are held. Memory grows with the video's length in bins (9 numbers a
+    bin), never with the number of rows.
+    """
+
+    def __init__(self, n_seconds: int = 60, track_ids: bool = True, bin_s: int = 1):
+        self.bin_s = max(1, int(bin_s))
+        n_bins = max(1, math.ceil(n_seconds / self.bin_s))
+        self.sums = np.zeros((n_bins, len(COLUMNS)))
+        self.n = np.zeros(n_bins)
+        self.faces = np.zeros(n_bins)  # most distinct ids seen in one second of the bin
+        self.track_ids = track_ids
+        self._second: int | None = None
+        self._ids: set = set()
+        self.last_t = 0.0
+        self.count = 0
+
+    def _grow(self, need: int) -> None:
+        extra = max(need, 2 * len(self.n)) - len(self.n)
+        self.sums = np.vstack([self.sums, np.zeros((extra, len(COLUMNS)))])
+        self.n = np.concatenate([self.n, np.zeros(extra)])
+        self.faces = np.concatenate([self.faces, np.zeros(extra)])
+
+    def _close_second(self) -> None:
+        if self._second is not None:
+            b = self._second // self.bin_s
+            self.faces[b] = max(self.faces[b], len(self._ids))
+
+    def add(self, o: dict) -> None:
+        sec = max(0, int(math.floor(o["time_s"])))
+        b = sec // self.bin_s
+        if b >= len(self.n):
+            self._grow(b + 1)
+        self.sums[b] += [o[CLASS_OF[c]] for c in COLUMNS]
+        self.n[b] += 1
+        if self.track_ids:
+            if sec != self._second:
+                self._close_second()
+                self._second, self._ids = sec, set()
+            self._ids.add(o["person"])
+        self.last_t = max(self.last_t, o["time_s"])
+        self.count += 1
+
+    def arrays(self, n_seconds: int, bin_s: int | None = None) -> dict[str, np.ndarray]:
+        """Means per ``bin_s``-second bin (a multiple of the fold's own) over the first
+        ``n_seconds`` (later rows go to the last bin), plus ``n`` (face observations),
+        ``faces`` (the most distinct ids seen in one second of the bin) and ``x`` (bin
+        centres, s). NaN where no face was seen."""
+        self._close_second()
+        bin_s = bin_s or self.bin_s
+        n_bins = max(1, math.ceil(n_seconds / bin_s))
+        to_bin = np.minimum(np.arange(len(self.n)) * self.bin_s // bin_s, n_bins - 1)
+        sums, n, faces = np.zeros((n_bins, len(COLUMNS))), np.zeros(n_bins), np.zeros(n_bins)
+        np.add.at(sums, to_bin, self.sums)
+        np.add.at(n, to_bin, self.n)
+        np.maximum.at(faces, to_bin, self.faces)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums / n[:, None]
+        out = {c: mean[:, i] for i, c in enumerate(COLUMNS)}
+        out["positive"] = sum(out[c] for c in POSITIVE)
+        out["negative"] = sum(out[c] for c in NEGATIVE)
+        out["net"] = out["positive"] - out["negative"]
+        out["n"], out["faces"] = n, faces
+        out["x"] = np.minimum((np.arange(n_bins) + 0.5) * bin_s, max(n_seconds, 1))
+        return out
+
+
+def per_second(observations: Iterable[dict], n_seconds: int) -> dict[str, np.ndarray]:
     """Per second of video: the mean of each report column over all faces seen in it,
     ``faces`` (distinct ids seen) and ``n`` (face observations). NaN where none."""
-    sums = np.zeros((n_seconds, len(COLUMNS)))
-    n = np.zeros(n_seconds)
-    ids: list[set] = [set() for _ in range(n_seconds)]
-    for o in observations:
-        s = min(n_seconds - 1, max(0, int(math.floor(o["time_s"]))))
-        sums[s] += [o[CLASS_OF[c]] for c in COLUMNS]
-        n[s] += 1
-        ids[s].add(o["person"])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums / n[:, None]
-    out = {c: mean[:, i] for i, c in enumerate(COLUMNS)}
-    out["positive"] = sum(out[c] for c in POSITIVE)
-    out["negative"] = sum(out[c] for c in NEGATIVE)
-    out["net"] = out["positive"] - out["negative"]
-    out["n"] = n
-    out["faces"] = np.array([len(s) for s in ids], np.float64)
-    out["ids"] = ids  # type: ignore[assignment]
-    return out
+    acc = PerSecond(n_seconds)
+    for o in sorted(observations, key=lambda o: o["time_s"]):
+        acc.add(o)
+    return acc.arrays(n_seconds)
 
 
 def top_moments(sec: dict[str, np.ndarray], key: str, k: int = 5, gap_s: float = 5.0,
@@ -119,8 +194,10 @@ def top_moments(sec: dict[str, np.ndarray], key: str, k: int = 5, gap_s: float =
 
 # -- figures -------------------------------------------------------------------------------
 def _layout(**kw) -> dict:
-    base = dict(template="plotly_white", margin=dict(l=56, r=16, t=36, b=48), height=380,
-                font=dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size=13),
+    import plotly.io as pio
+
+    base = dict(template=pio.templates["plotly_white"].to_plotly_json(), margin=dict(l=56, r=16, t=36, b=48),
+                height=380, font=dict(family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size=13),
                 legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), hovermode="x unified")
     base.update(kw)
     return base
@@ -130,73 +207,60 @@ def _list(y: np.ndarray) -> list:
     return [None if not np.isfinite(v) else round(float(v), 2) for v in y]
 
 
-def _timeline_figure(sec, smooth_n: int, duration: float):
-    import plotly.graph_objects as go
-
-    x = np.arange(len(sec["n"])) + 0.5
-    fig = go.Figure()
-    for c in COLUMNS:
-        fig.add_trace(go.Scatter(x=x, y=_list(smooth(sec[c], smooth_n)), name=c, mode="lines",
-                                 line=dict(color=COLOURS[c], width=2.2), connectgaps=False,
-                                 hovertemplate="%{y:.1f}"))
-    fig.add_trace(go.Bar(x=x, y=sec["faces"].tolist(), name="faces in view", yaxis="y2", showlegend=False,
-                         marker=dict(color="#b8c0cc"), hovertemplate="%{y:.0f} faces"))
-    fig.update_layout(**_layout(
+# Figures are plain dicts in Plotly's JSON schema, not plotly.graph_objects: the objects
+# validate and copy every number (46 MB for 30 people over 30 minutes, against 8 MB).
+def _timeline_figure(sec, smooth_n: int, duration: float) -> dict:
+    x = sec["x"].tolist()
+    data = [dict(type="scatter", x=x, y=_list(smooth(sec[c], smooth_n)), name=c, mode="lines",
+                 line=dict(color=COLOURS[c], width=2.2), connectgaps=False, hovertemplate="%{y:.1f}")
+            for c in COLUMNS]
+    data.append(dict(type="bar", x=x, y=sec["faces"].tolist(), name="faces in view", yaxis="y2", showlegend=False,
+                     marker=dict(color="#b8c0cc"), hovertemplate="%{y:.0f} faces"))
+    return dict(data=data, layout=_layout(
         height=430,
-        xaxis=dict(title="video time (s)", range=[0, max(duration, 1.0)], anchor="y2"),
-        yaxis=dict(title="mean score (%)", rangemode="tozero", domain=[0.3, 1.0]),
-        yaxis2=dict(title="faces", domain=[0.0, 0.2], rangemode="tozero", tickformat="d",
+        xaxis=dict(title=dict(text="video time (s)"), range=[0, max(duration, 1.0)], anchor="y2"),
+        yaxis=dict(title=dict(text="mean score (%)"), rangemode="tozero", domain=[0.3, 1.0]),
+        yaxis2=dict(title=dict(text="faces"), domain=[0.0, 0.2], rangemode="tozero", tickformat="d",
                     dtick=max(1, int(math.ceil(float(np.max(sec["faces"], initial=1)) / 2)))),
         bargap=0.15))
-    return fig
 
 
-def _people_figure(observations, ids: list[str], n_seconds: int, smooth_n: int, duration: float):
-    import plotly.graph_objects as go
-
+def _people_figure(series: dict[str, dict[str, np.ndarray]], ids: list[str], smooth_n: int, duration: float) -> dict:
     metrics = [("net", "net reaction (derived)"), ("positive", "positive"), ("negative", "negative")] + [
         (c, c) for c in COLUMNS]
-    by_id: dict[str, list[dict]] = {}
-    for o in observations:
-        by_id.setdefault(o["person"], []).append(o)
-    series = {p: per_second(by_id[p], n_seconds) for p in ids}
-    x = np.arange(n_seconds) + 0.5
-    fig = go.Figure()
-    for p in ids:
-        fig.add_trace(go.Scatter(x=x, y=_list(smooth(series[p]["net"], smooth_n)), name=p, mode="lines",
-                                 connectgaps=False, hovertemplate="%{y:.1f}"))
+    x = series[ids[0]]["x"].tolist() if ids else []
+    data = [dict(type="scatter", x=x, y=_list(smooth(series[p]["net"], smooth_n)), name=p, mode="lines",
+                 connectgaps=False, hovertemplate="%{y:.1f}") for p in ids]
     buttons = []
     for key, label in metrics:
         ys = [_list(smooth(series[p][key], smooth_n)) for p in ids]
         rng = [-100, 100] if key == "net" else [0, 100]
         buttons.append(dict(label=label, method="update",
                             args=[{"y": ys}, {"yaxis.title.text": f"{label} (%)", "yaxis.range": rng}]))
-    fig.update_layout(**_layout(
-        xaxis=dict(title="video time (s)", range=[0, max(duration, 1.0)]),
-        yaxis=dict(title="net reaction (derived) (%)", range=[-100, 100], zeroline=True),
+    return dict(data=data, layout=_layout(
+        xaxis=dict(title=dict(text="video time (s)"), range=[0, max(duration, 1.0)]),
+        yaxis=dict(title=dict(text="net reaction (derived) (%)"), range=[-100, 100], zeroline=True),
         updatemenus=[dict(buttons=buttons, direction="down", x=0.0, xanchor="left", y=1.02, yanchor="bottom",
                           showactive=True, bgcolor="white", bordercolor="#cfd5de")],
         legend=dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top", title=dict(text="id")),
         showlegend=True,
         margin=dict(l=56, r=16, t=56, b=48)))
-    return fig
 
 
-def _attendance_figure(summ: list[dict]):
-    import plotly.graph_objects as go
-
+def _attendance_figure(summ: list[dict]) -> dict:
     rows = sorted(summ, key=lambda r: (r["seconds"] or 0, r["id"]))
-    fig = go.Figure(go.Bar(x=[r["seconds"] or 0 for r in rows], y=[r["id"] for r in rows], orientation="h",
-                           marker=dict(color="#5b8def"), text=[f"{(r['seconds'] or 0):.1f} s" for r in rows],
-                           textposition="auto", hovertemplate="%{y}: %{x:.1f} s<extra></extra>"))
-    fig.update_layout(**_layout(height=max(220, 34 * len(rows) + 90), hovermode="closest",
-                                xaxis=dict(title="seconds seen", rangemode="tozero"),
-                                yaxis=dict(type="category", automargin=True), showlegend=False))
-    return fig
+    data = [dict(type="bar", x=[r["seconds"] or 0 for r in rows], y=[r["id"] for r in rows], orientation="h",
+                 marker=dict(color="#5b8def"), text=[f"{(r['seconds'] or 0):.1f} s" for r in rows],
+                 textposition="auto", hovertemplate="%{y}: %{x:.1f} s<extra></extra>")]
+    return dict(data=data, layout=_layout(height=max(220, 34 * len(rows) + 90), hovermode="closest",
+                                          xaxis=dict(title=dict(text="seconds seen"), rangemode="tozero"),
+                                          yaxis=dict(type="category", automargin=True), showlegend=False))
 
 
-def _figure_html(fig, div_id: str) -> str:
-    payload = fig.to_json()  # plotly escapes <, > and / in strings: safe inside <script>
+def _figure_html(fig: dict, div_id: str) -> str:
+    import plotly.io as pio
+
+    payload = pio.to_json(fig, validate=False)  # escapes <, > and / in strings: safe inside <script>
     return (f'<div id="{div_id}" class="chart"></div>\n<script>(function(){{var f={payload};'
             f'Plotly.newPlot("{div_id}",f.data,f.layout,{json.dumps(_PLOTLY_CONFIG)});}})();</script>')
 
@@ -257,7 +321,7 @@ def _thumb_uri(value: Any) -> str | None:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}" if data else None
 
 
-def face_thumbnails(video: str | Path, observations: Sequence[dict], size: int = 96) -> dict[str, np.ndarray]:
+def face_thumbnails(video: str | Path, observations: Iterable[dict], size: int = 96) -> dict[str, np.ndarray]:
     """One face crop per id (BGR, ``size`` px square) for the report, from the id's best
     observation (highest quality x detector score), read back from the video by seeking.
 
@@ -269,10 +333,11 @@ def face_thumbnails(video: str | Path, observations: Sequence[dict], size: int =
     import cv2
 
     best: dict[str, dict] = {}
-    for o in observations:
+    for o in observations:  # one pass, keeping one row per id: the rows may stream
         key = (o.get("quality") or 0) * (o.get("score") or 0)
         if o["person"] not in best or key > best[o["person"]]["_key"]:
-            best[o["person"]] = {**o, "_key": key}
+            best[o["person"]] = {"time_s": o["time_s"], "x": o["x"], "y": o["y"], "w": o["w"], "h": o["h"],
+                                 "_key": key}
     out: dict[str, np.ndarray] = {}
     if not best:
         return out
@@ -353,6 +418,27 @@ def _summary_table(summ: list[dict], thumbs: Mapping[str, str | None]) -> str:
     return f"<div class='scroll'><table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
+def decode_gaps_notice(gaps: Iterable[Mapping] | None, duration: float, shown: int = 10) -> str:
+    """The report's notice for stretches of video that could not be decoded and were
+    skipped (``analysis.decode_gaps``); empty when there are none."""
+    gaps = [g for g in (gaps or []) if g.get("end_s") is not None and g.get("start_s") is not None]
+    if not gaps:
+        return ""
+    long = duration >= 60 or any(float(g["end_s"]) >= 60 for g in gaps)
+    when = [f"{_mmss(g['start_s'])}–{_mmss(g['end_s'])}" if long
+            else f"{float(g['start_s']):.1f}–{float(g['end_s']):.1f} s" for g in gaps[:shown]]
+    if len(gaps) > shown:
+        when.append(f"and {len(gaps) - shown} more")
+    lost = sum(float(g["end_s"]) - float(g["start_s"]) for g in gaps)
+    share = f"{100 * lost / duration:.0f} % of the video" if duration > 0 else f"{lost:.1f} s of video"
+    n = len(gaps)
+    text = (f"{n} stretch{'es' if n != 1 else ''} of the video could not be decoded (corrupt data) and "
+            f"{'were' if n != 1 else 'was'} skipped: {', '.join(when)}; {share}. "
+            "No faces are reported there.")
+    return ('<p class="decode-gaps" role="alert" style="background:#fff4e5;border:1px solid #f0b45b;'
+            f'border-radius:8px;padding:10px 14px;margin:0 0 16px">⚠ {html.escape(text)}</p>')
+
+
 def write_report(
     analysis: Any,
     out: str | Path,
@@ -368,14 +454,14 @@ def write_report(
     ``id, video, info, params, models, timings, observations``). ``out`` is the file
     (``….html``) or a folder to write ``report.html`` into. ``keep_faces_thumbnails``
     maps an id to a thumbnail (JPEG/PNG bytes, a path, or a BGR array); thumbnails are
-    shown only when it is given. Written to a temporary name, then renamed.
+    shown only when it is given. Written to a temporary name, then renamed. When the
+    analysis has ``decode_gaps`` (stretches of corrupt video that were skipped), a notice
+    at the top lists them.
     """
-    from plotly.offline import get_plotlyjs
-
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         out = out / "report.html"
-    observations = list(_attr(analysis, "observations") or [])
+    rows = _row_source(analysis)
     info = dict(_attr(analysis, "info") or {})
     params = dict(_attr(analysis, "params") or {})
     models = dict(_attr(analysis, "models") or {})
@@ -383,42 +469,66 @@ def write_report(
     video = str(_attr(analysis, "video", "") or "")
     aid = _attr(analysis, "id")
     fps = params.get("fps")
-    last_t = max((o["time_s"] for o in observations), default=0.0)
-    duration = float(info.get("duration_s") or 0.0) or last_t + (1 / fps if fps else 1.0)
-    n_seconds = max(1, int(math.ceil(max(duration, last_t + 1e-6))))
     smooth_n = max(1, int(smooth_s))
 
-    summ = summary(observations, fps)
-    sec = per_second(observations, n_seconds)
-    by_sec: dict[int, list[dict]] = {}
-    for o in observations:
-        by_sec.setdefault(min(n_seconds - 1, int(o["time_s"])), []).append(o)
+    # Pass 1 over the rows: the summary and the audience's per-second sums.
+    acc = SummaryAccumulator(fps)
+    everyone = PerSecond(int(math.ceil(float(info.get("duration_s") or 0.0))) + 1)
+    for o in rows():
+        acc.add(o)
+        everyone.add(o)
+    n_obs, last_t = everyone.count, everyone.last_t
+    duration = float(info.get("duration_s") or 0.0) or last_t + (1 / fps if fps else 1.0)
+    n_seconds = max(1, int(math.ceil(max(duration, last_t + 1e-6))))
+    bin_s = max(1, math.ceil(n_seconds / MAX_POINTS))  # long videos: coarser lines, same page size
+    summ = acc.rows()
+    sec = everyone.arrays(n_seconds)
     ids = [r["id"] for r in summ]
+    plotted = ids[:MAX_PEOPLE_LINES]
     thumbs = {str(k): _thumb_uri(v) for k, v in (keep_faces_thumbnails or {}).items()}
-
-    # headline cards
-    mean_all = {c: float(np.mean([o[CLASS_OF[c]] for o in observations])) for c in COLUMNS} if observations else {}
-    top_emotion = max(mean_all, key=mean_all.get) if mean_all else "—"
     pos_idx = top_moments(sec, "positive", top_k, moment_gap_s)
     neg_idx = top_moments(sec, "negative", top_k, moment_gap_s)
-    peak_faces = int(np.max(sec["faces"])) if observations else 0
+
+    # Pass 2: the plotted ids' per-second sums, and the rows of the few top-moment seconds.
+    people_acc = {p: PerSecond(n_seconds, track_ids=False, bin_s=bin_s) for p in plotted}
+    by_sec: dict[int, list[dict]] = {i: [] for i in (*pos_idx, *neg_idx)}
+    if n_obs:
+        for o in rows():
+            if o["person"] in people_acc:
+                people_acc[o["person"]].add(o)
+            i = min(n_seconds - 1, int(o["time_s"]))
+            if i in by_sec:
+                by_sec[i].append(o)
+
+    # headline cards
+    mean_all = ({c: float(everyone.sums[:, i].sum() / n_obs) for i, c in enumerate(COLUMNS)} if n_obs else {})
+    top_emotion = max(mean_all, key=mean_all.get) if mean_all else "—"
+    peak_faces = int(np.max(sec["faces"])) if n_obs else 0
     cards = [
         (str(len(ids)), "ids seen (people and anonymous)"),
         (str(peak_faces), "most faces in one second"),
         (f"{top_emotion}", "most present emotion overall"),
         (_mmss(pos_idx[0]) if pos_idx else "—", "strongest positive moment"),
         (_mmss(neg_idx[0]) if neg_idx else "—", "strongest negative moment"),
-        (f"{len(observations)}", "face observations"),
+        (f"{n_obs}", "face observations"),
     ]
     cards_html = "".join(f"<div class='card'><div class='v'>{html.escape(v)}</div><div class='k'>{k}</div></div>"
                          for v, k in cards)
 
-    if observations:
-        timeline = _figure_html(_timeline_figure(sec, smooth_n, duration), "timeline")
-        people = _figure_html(_people_figure(observations, ids, n_seconds, smooth_n, duration), "people")
+    smooth_bins = max(1, round(smooth_n / bin_s))
+    if n_obs:
+        timeline = _figure_html(_timeline_figure(everyone.arrays(n_seconds, bin_s), smooth_bins, duration),
+                                "timeline")
+        series = {p: people_acc[p].arrays(n_seconds, bin_s) for p in plotted}
+        people = _figure_html(_people_figure(series, plotted, smooth_bins, duration), "people")
+        if len(ids) > len(plotted):
+            people += (f'<p class="note">The {len(plotted)} ids seen longest are drawn; the other '
+                       f'{len(ids) - len(plotted)} are in the class summary below.</p>')
         attendance = _figure_html(_attendance_figure(summ), "attendance")
     else:
         timeline = people = attendance = '<p class="empty">no faces were found in this video</p>'
+    resolution = (f"{bin_s}-second bins (the video is long), smoothed over {smooth_bins} bins" if bin_s > 1
+                  else f"smoothed with a centred {smooth_n}-second moving average")
 
     name = Path(video).name or "video"
     sub = " · ".join(x for x in [
@@ -429,20 +539,21 @@ def write_report(
         f"report written {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
     ] if x)
     run_info = {"video": video, **{k: v for k, v in info.items() if k != "path"}}
+    gaps_notice = decode_gaps_notice(_attr(analysis, "decode_gaps"), duration)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
 <title>moodlens report – {html.escape(name)}</title>
 <style>{_CSS}</style>
-<script>{get_plotlyjs()}</script>
+<script>{_BUNDLE}</script>
 </head><body>
 <header><h1>Audience emotions – {html.escape(name)}</h1><p>{html.escape(sub)}</p></header>
 <main>
-<div class="cards">{cards_html}</div>
+{gaps_notice}<div class="cards">{cards_html}</div>
 <section><h2>Audience emotion timeline</h2>
-<p class="note">Mean of each emotion over all faces seen in each second of video, smoothed with a centred
-{smooth_n}-second moving average; gaps are seconds with no face. Below: how many faces were in view.</p>
+<p class="note">Mean of each emotion over all faces seen in each second of video, {resolution};
+gaps are seconds with no face. Below: how many faces were in view.</p>
 {timeline}</section>
 <section><h2>Per person</h2>
 <p class="note">One line per id (enrolled people and anonymous <code>unknown-n</code> tracks), same smoothing.
@@ -472,7 +583,16 @@ disgusted = disgust; <em>confused</em> and <em>unknown</em> have no model class.
 Emotion scores are model estimates of facial expressions, not of what people feel.</footer>
 </body></html>
 """
-    return atomic_write(out, lambda f: f.write(page))
+    head, tail = page.split(_BUNDLE)
+
+    def write(f) -> None:
+        # The 4.6 MB bundle goes to the file as the bytes Plotly ships (what get_plotlyjs decodes):
+        # as a str it would take up to 4 bytes a character, and the page a second copy.
+        f.write(head)
+        f.flush()
+        f.buffer.write(pkgutil.get_data("plotly", "package_data/plotly.min.js"))
+        f.write(tail)
+    return atomic_write(out, write)
 
 
 __all__ = ["COLUMNS", "DEFINITIONS", "NEGATIVE", "POSITIVE", "face_thumbnails", "per_second", "smooth", "top_moments",

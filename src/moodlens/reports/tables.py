@@ -37,27 +37,54 @@ def record(obs: dict) -> dict:
     return {c: row[c] for c in RECORD_COLUMNS}
 
 
-def summary(observations: Sequence[dict], sample_fps: float | None) -> list[dict]:
+class SummaryAccumulator:
+    """The per-id summary folded over rows one at a time: memory grows with the ids, never
+    with the rows, so a two-hour recording summarises like a two-minute one."""
+
+    def __init__(self, sample_fps: float | None):
+        self.sample_fps = sample_fps
+        self._ids: dict[str, list] = {}  # id -> [n, first_s, last_s, sums per SCORED column]
+
+    def add(self, obs: dict) -> None:
+        acc = self._ids.get(obs["person"])
+        t = obs["time_s"]
+        if acc is None:
+            acc = self._ids[obs["person"]] = [0, t, t, [0.0] * len(SCORED)]
+        acc[0] += 1
+        acc[1] = min(acc[1], t)
+        acc[2] = max(acc[2], t)
+        sums = acc[3]
+        for i, col in enumerate(SCORED):
+            sums[i] += obs[REPORT_FROM_MODEL[col]]
+
+    def rows(self) -> list[dict]:
+        out = []
+        for person, (n, first, last, sums) in sorted(self._ids.items(), key=lambda kv: (-kv[1][0], kv[0])):
+            row = {"id": person, "observations": n,
+                   "seconds": round(n / self.sample_fps, 2) if self.sample_fps else None,
+                   "first_s": round(first, 3), "last_s": round(last, 3)}
+            for col, total in zip(SCORED, sums):
+                row[f"{col}_sum"] = round(total, 2)
+                row[f"{col}_mean"] = round(total / n, 2)
+            out.append(row)
+        return out
+
+
+SUMMARY_COLUMNS = ["id", "observations", "seconds", "first_s", "last_s"] + [
+    f"{c}_{k}" for c in SCORED for k in ("sum", "mean")]
+
+
+def summary(observations: Iterable[dict], sample_fps: float | None) -> list[dict]:
     """Per id: observations, seconds seen, first/last time, sum and mean of each emotion.
 
     This is the seed's class-summary SQL as an export. ``seconds`` counts each
-    observation as one sampling interval (1 / sample fps).
+    observation as one sampling interval (1 / sample fps). ``observations`` may be
+    any iterable, such as :meth:`moodlens.store.Store.iter_observations`.
     """
-    groups: dict[str, list[dict]] = {}
+    acc = SummaryAccumulator(sample_fps)
     for o in observations:
-        groups.setdefault(o["person"], []).append(o)
-    rows = []
-    for person, obs in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        n = len(obs)
-        row = {"id": person, "observations": n,
-               "seconds": round(n / sample_fps, 2) if sample_fps else None,
-               "first_s": round(min(o["time_s"] for o in obs), 3), "last_s": round(max(o["time_s"] for o in obs), 3)}
-        for col in SCORED:
-            total = sum(o[REPORT_FROM_MODEL[col]] for o in obs)
-            row[f"{col}_sum"] = round(total, 2)
-            row[f"{col}_mean"] = round(total / n, 2)
-        rows.append(row)
-    return rows
+        acc.add(o)
+    return acc.rows()
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
@@ -75,16 +102,30 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
     return atomic_write(path, write)
 
 
-def export_tables(out: Path, observations: Sequence[dict], models: dict, sample_fps: float | None) -> dict[str, Path]:
-    """Write the three tables into ``out``; returns their paths by name."""
-    records = [record(o) for o in observations]
-    jsonl = ({**r, "landmarks": o.get("landmarks"), "score": round(o["score"], 4), "models": models}
-             for r, o in zip(records, observations))
-    summ = summary(observations, sample_fps)
-    summary_cols = list(summ[0].keys()) if summ else ["id", "observations", "seconds", "first_s", "last_s"] + [
-        f"{c}_{k}" for c in SCORED for k in ("sum", "mean")]
-    return {
-        "records.csv": write_csv(out / "records.csv", RECORD_COLUMNS, records),
-        "records.jsonl": write_jsonl(out / "records.jsonl", jsonl),
-        "summary.csv": write_csv(out / "summary.csv", summary_cols, summ),
-    }
+def export_tables(out: Path, observations: Iterable[dict], models: dict, sample_fps: float | None) -> dict[str, Path]:
+    """Write the three tables into ``out`` in one pass over ``observations`` (a list, or
+    rows streamed from the database); returns their paths by name.
+
+    records.csv and records.jsonl are written row by row while the summary is folded, so
+    memory does not grow with the number of rows. Each file is renamed into place whole.
+    """
+    acc = SummaryAccumulator(sample_fps)
+    paths = {"records.csv": out / "records.csv", "records.jsonl": out / "records.jsonl",
+             "summary.csv": out / "summary.csv"}
+
+    def write_both(f_csv):
+        w = csv.DictWriter(f_csv, fieldnames=list(RECORD_COLUMNS), extrasaction="ignore")
+        w.writeheader()
+
+        def write_jsonl_rows(f_jsonl):
+            for o in observations:
+                acc.add(o)
+                r = record(o)
+                w.writerow(r)
+                f_jsonl.write(json.dumps({**r, "landmarks": o.get("landmarks"), "score": round(o["score"], 4),
+                                          "models": models}, separators=(",", ":")) + "\n")
+        atomic_write(paths["records.jsonl"], write_jsonl_rows)
+
+    atomic_write(paths["records.csv"], write_both)
+    write_csv(paths["summary.csv"], SUMMARY_COLUMNS, acc.rows())
+    return paths

@@ -1,0 +1,176 @@
+"""One attempt of one job, in a worker process: the same pipeline and outputs as ``analyze``.
+
+:func:`run_job` is what every executor runs (a local process now, a Ray task later). It
+reads the job's options, runs :func:`moodlens.pipeline.analyze` against the server's
+database, writes the job's files into ``DATA_DIR/analyses/<analysis id>/`` and records each
+stage's progress and time on the job row. Cancellation is cooperative: the progress
+callback checks the job's flag at most once a second and stops the analysis, which is then
+marked interrupted. Every update names the attempt, so a worker whose job was taken from
+it (its server died and a new one re-queued the job) changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from moodlens.errors import Cancelled, MediaError, MoodlensError
+from moodlens.service.jobs import CANCELLED, JobQueue
+from moodlens.store import FAILED, INTERRUPTED, Store
+
+log = logging.getLogger("moodlens.service")
+
+STAGES = ("analyze", "tables", "report", "emoji video")
+_stores: dict[str, Store] = {}  # one per database in a worker process (its engine, its pool)
+
+
+def analysis_dir(data_dir: str | Path, analysis_id: int) -> Path:
+    """Where a service analysis's files live (ids are integers from the database, never client text)."""
+    return Path(data_dir) / "analyses" / str(int(analysis_id))
+
+
+def _store(db: str) -> Store:
+    if db not in _stores:
+        _stores[db] = Store(db)
+    return _stores[db]
+
+
+def _retry(fn, *args, tries: int = 8, **kw):
+    """A write that must land (an attempt's end): the database may be away for a moment."""
+    for i in range(tries):
+        try:
+            return fn(*args, **kw)
+        except SQLAlchemyError:
+            if i == tries - 1:
+                raise
+            log.warning("database unavailable; retrying in %.1f s", min(8.0, 0.25 * 2**i), exc_info=True)
+            time.sleep(min(8.0, 0.25 * 2**i))
+
+
+class _Tracker:
+    """Stage timings and throttled progress for one attempt."""
+
+    def __init__(self, queue: JobQueue, job_id: int, attempt: int, stages: list[str]):
+        self.q, self.job_id, self.attempt = queue, job_id, attempt
+        self.plan = stages
+        self.done: list[dict] = []
+        self.stage, self.t_stage, self.t_write, self.t_cancel = None, 0.0, 0.0, 0.0
+
+    def start(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.stage is not None:
+            self.done.append({"name": self.stage, "seconds": round(now - self.t_stage, 3)})
+        self.stage, self.t_stage = stage, now
+        try:
+            self.q.set_stages(self.job_id, self.attempt, self.done + [{"name": stage, "seconds": None}])
+        except SQLAlchemyError:  # shown stages only; the final write retries
+            log.warning("job %d: could not record stage %s", self.job_id, stage, exc_info=True)
+        self.report(0.0, force=True)
+
+    def report(self, fraction_of_stage: float, force: bool = False) -> None:
+        """Progress over the whole plan; written at most twice a second, cancel checked once a second.
+        Raises Cancelled when the job was cancelled or the attempt is no longer the job's."""
+        now = time.perf_counter()
+        if force or now - self.t_write >= 0.5:
+            i = self.plan.index(self.stage)
+            weight = 0.85 if self.stage == "analyze" else 0.15 / max(1, len(self.plan) - 1)
+            before = 0.0 if i == 0 else 0.85 + 0.15 * (i - 1) / max(1, len(self.plan) - 1)
+            self.t_write = now
+            try:
+                ours = self.q.progress(self.job_id, self.attempt, self.stage,
+                                       before + weight * max(0.0, min(1.0, fraction_of_stage)))
+            except SQLAlchemyError:  # the database is away for a moment: progress can wait
+                log.warning("job %d: could not record progress", self.job_id, exc_info=True)
+                ours = True
+            if not ours:
+                raise Cancelled(f"job {self.job_id}: attempt {self.attempt} is no longer the job's")
+        if now - self.t_cancel >= 1.0:
+            self.t_cancel = now
+            try:
+                cancelled = self.q.cancel_requested(self.job_id)
+            except SQLAlchemyError:
+                cancelled = False
+            if cancelled:
+                raise Cancelled(f"job {self.job_id} was cancelled")
+
+    def close(self) -> list[dict]:
+        if self.stage is not None:
+            self.done.append({"name": self.stage, "seconds": round(time.perf_counter() - self.t_stage, 3)})
+            self.stage = None
+        return self.done
+
+
+def _emoji_video(result, out: Path, blur_unknown: bool, tr: _Tracker) -> None:
+    """emoji.mp4 into ``out``, reporting progress (and so noticing a cancel) as it renders."""
+    from moodlens.outputs import staged
+    from moodlens.reports.emoji import render_emoji_video
+
+    video = Path(result.video)
+    if not video.is_file():
+        raise MediaError(f"{video.name}: the analysed video is no longer there; cannot render the emoji video")
+    fps = (result.params or {}).get("fps")
+    with staged(out) as stage:
+        render_emoji_video(video, result.iter_observations(), stage / "emoji.mp4", blur_unknown=blur_unknown,
+                           sample_interval_s=1.0 / fps if fps else None,
+                           progress=lambda done, total: tr.report(done / total if total else 0.0))
+
+
+def run_job(db: str, job_id: int, attempt: int, data_dir: str) -> int | None:
+    """Run one attempt; returns the analysis id, or None when it failed or was cancelled
+    (recorded on the job row either way). A job's analysis is complete only when the job
+    is: when a later stage fails or is cancelled, the analysis is marked so too."""
+    from moodlens.cli_reports import report_analysis, write_outputs
+    from moodlens.pipeline import analyze
+
+    store = _store(db)
+    q = JobQueue(store)
+    job = q.get(job_id)
+    opts = dict(job.options or {})
+    plan = ["analyze", "tables"] + (["report"] if opts.get("report", True) else []) + (
+        ["emoji video"] if opts.get("emoji_video") else [])
+    tr = _Tracker(q, job_id, attempt, plan)
+    aid: int | None = None
+
+    def end(error: str, status: str) -> None:
+        _retry(q.set_stages, job_id, attempt, tr.close())
+        _retry(q.fail, job_id, attempt, error, status=status)
+        if aid is not None and status == CANCELLED:  # the analysis was complete; the job's outputs were not
+            _retry(q.interrupt_analysis, aid, f"job {job_id}: {error}")
+        elif aid is not None:
+            _retry(store.fail, aid, f"job {job_id}: {error}", FAILED)
+
+    try:
+        tr.start("analyze")
+        result = analyze(job.video, fps=float(opts.get("fps") or 2.0), store=store,
+                         collection=opts.get("collection") or None,
+                         progress=lambda done, total: tr.report(done / total if total else 0.0),
+                         on_start=lambda a: q.set_analysis(job_id, attempt, a))
+        aid = result.id
+        out = analysis_dir(data_dir, aid)
+        tr.start("tables")
+        write_outputs(result, out)
+        if opts.get("report", True):
+            tr.start("report")
+            report_analysis(result, out / "report.html")
+        if opts.get("emoji_video"):
+            tr.start("emoji video")
+            _emoji_video(result, out, bool(opts.get("blur_unknown")), tr)
+        _retry(q.set_stages, job_id, attempt, tr.close())
+        if not _retry(q.finish, job_id, attempt, aid):  # the job moved on (re-queued elsewhere) meanwhile
+            _retry(q.interrupt_analysis, aid, f"job {job_id}: attempt {attempt} is no longer the job's")
+            return None
+        return aid
+    except Cancelled as e:
+        end(str(e), CANCELLED)
+    except MoodlensError as e:
+        end(str(e), FAILED)
+    except Exception as e:  # noqa: BLE001 - recorded on the job; the worker process goes on
+        log.exception("job %d: attempt %d failed", job_id, attempt)
+        end(f"{type(e).__name__}: {e}", FAILED)
+    return None
+
+
+__all__ = ["Cancelled", "INTERRUPTED", "STAGES", "analysis_dir", "run_job"]
