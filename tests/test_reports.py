@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import base64
 import csv
-import fcntl
 import json
 import os
 import re
-import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +25,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from chromium_util import Chromium, chromium_binary
 
 from moodlens.reports.emoji import (ATTRIBUTION, TrackBoxes, emoji_rgba, label_rect, load_emoji,
                                     render_emoji_video)
@@ -426,100 +423,12 @@ def test_report_html_is_self_contained(clip_obs, tmp_path):
     assert "no faces were found" in empty
 
 
-class _Chromium:
-    """A minimal DevTools-protocol client over ``--remote-debugging-pipe`` (fds 3 and 4)."""
-
-    def __init__(self, binary: str, timeout: float = 60.0):
-        self.profile = tempfile.mkdtemp(prefix="moodlens-chromium-")
-
-        def high(fd: int) -> int:  # keep our ends away from 3 and 4
-            new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-            os.close(fd)
-            return new
-        cmd_r, self.cmd_w = map(high, os.pipe())
-        self.resp_r, resp_w = map(high, os.pipe())
-
-        def child():
-            os.dup2(cmd_r, 3)
-            os.dup2(resp_w, 4)
-        self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-             f"--user-data-dir={self.profile}", "--no-first-run", "--no-default-browser-check",
-             "--disable-extensions", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--mute-audio", "--hide-scrollbars", "about:blank"],
-            preexec_fn=child, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        os.close(cmd_r)
-        os.close(resp_w)
-        self.buf, self.next_id, self.events, self.timeout = b"", 0, [], timeout
-
-    def _read(self, deadline: float) -> dict:
-        while b"\0" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("chromium did not answer in time")
-            if select.select([self.resp_r], [], [], left)[0]:
-                chunk = os.read(self.resp_r, 1 << 20)
-                if not chunk:
-                    raise RuntimeError("chromium exited: " + self.proc.stderr.read().decode(errors="replace")[-2000:])
-                self.buf += chunk
-        msg, self.buf = self.buf.split(b"\0", 1)
-        return json.loads(msg)
-
-    def send(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
-        self.next_id += 1
-        msg = {"id": self.next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        os.write(self.cmd_w, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + self.timeout
-        while True:
-            reply = self._read(deadline)
-            if reply.get("id") == self.next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def wait_for(self, method: str, seconds: float) -> dict:
-        for e in self.events:
-            if e.get("method") == method:
-                return e
-        deadline = time.monotonic() + seconds
-        while True:
-            e = self._read(deadline)
-            self.events.append(e)
-            if e.get("method") == method:
-                return e
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close")
-        except Exception:
-            pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        os.close(self.cmd_w)
-        os.close(self.resp_r)
-        shutil.rmtree(self.profile, ignore_errors=True)
-
-
-def _chromium_binary() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip("needs a Chromium binary (Debian: apt-get install -y chromium); none on PATH")
-
-
 def test_report_html_renders_in_headless_chromium_offline(clip_obs, tmp_path):
-    binary = _chromium_binary()
+    binary = chromium_binary()
     extra = [dict(o, person="bob", track=7, x=o["x"] + 5, happiness=90.0, neutral=1.0) for o in clip_obs[::2]]
     page = write_report(_analysis(clip_obs + extra), tmp_path)
     url = page.resolve().as_uri()
-    chrome = _Chromium(binary)
+    chrome = Chromium(binary)
     try:
         target = chrome.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         sid = chrome.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]

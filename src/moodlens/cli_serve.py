@@ -6,8 +6,6 @@ import ipaddress
 import json
 import logging
 import socket
-import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,9 +13,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from moodlens.cli_common import DbOpt, err_console, friendly, out_console, progress_bar
+from moodlens.cli_common import err_console, friendly, out_console, progress_bar
 from moodlens.errors import MoodlensError
-from moodlens.store import DEFAULT_DB
 
 tokens_app = typer.Typer(help="API tokens for `moodlens serve` (only their hashes are stored).",
                          no_args_is_help=True, rich_markup_mode="markdown")
@@ -82,6 +79,7 @@ def serve(
             err_console.print(f"[bold yellow]warning:[/] --insecure: anyone who can reach {escape(host)}:{port} "
                               "can upload, read and delete analyses", highlight=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _Server = _uvicorn_server()
     config = ServeConfig(db=db, data_dir=data_dir.resolve(), workers=workers, max_upload_mb=max_upload_mb,
                          watch=watch.expanduser().resolve() if watch else None, grace_s=grace, loopback=loopback,
                          insecure=insecure)
@@ -95,8 +93,29 @@ def serve(
     bound = sock.getsockname()[1]
     err_console.print(f"moodlens serving on http://{escape(host)}:{bound}  (console /, API docs /docs, "
                       f"metrics /metrics; database {escape(safe_url(db))})", highlight=False)
-    uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=int(grace) + 5,
-                                  h11_max_incomplete_event_size=64 * 1024)).run(sockets=[sock])
+    _Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=int(grace) + 5,
+                           h11_max_incomplete_event_size=64 * 1024)).run(sockets=[sock])
+
+
+def _uvicorn_server():
+    import contextlib
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn, except that a SIGTERM it shut down cleanly for ends with exit 0 (uvicorn re-raises
+        the signal once stopped, so the process would die of it); Ctrl-C still exits 130."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    return Server
 
 
 @tokens_app.command("create", epilog="Examples:\n\n  moodlens tokens create alice --role admin\n\n"
@@ -125,10 +144,11 @@ def tokens_list(db: Annotated[Optional[str], typer.Option("--db", help="The serv
     from moodlens.store import Store
 
     t = Table()
-    for c in ("id", "name", "role", "created", "revoked"):
+    for c in ("id", "name", "role", "created", "last used", "revoked"):
         t.add_column(c)
     for r in list_tokens(Store(db or _default_db())):
         t.add_row(str(r.id), escape(r.name), r.role, r.created_at.strftime("%Y-%m-%d %H:%M"),
+                  r.last_used_at.strftime("%Y-%m-%d %H:%M") if r.last_used_at else "",
                   r.revoked_at.strftime("%Y-%m-%d %H:%M") if r.revoked_at else "")
     out_console.print(t)
 

@@ -230,12 +230,15 @@ def analyze(
     classifier: EmotionClassifier | None = None,
     store: Store | None = None,
     on_start: Callable[[int], None] | None = None,
+    name: str | None = None,
     **options,
 ) -> Analysis:
     """Analyse a video: every face in every sampled frame, with emotions and tracks.
 
     Results go to the database (``db``, SQLite by default) as a new analysis;
     with ``out``, records.csv, records.jsonl and summary.csv are written there.
+    ``name`` is what the video is called in records (``seq``) and reports when the
+    file's own name is not (a service stores uploads under random names).
     Raises ``MediaError`` for unreadable input; the database keeps the failed
     analysis marked as such, and earlier analyses are untouched.
     """
@@ -257,6 +260,8 @@ def analyze(
         models["identity"] = "sface-2021dec-int8bq (float32 fold)"
     load_s = time.perf_counter() - t_load
     info_d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(info).items()}
+    info_d["name"] = Path(name).name if name else path.name  # what people call it (an upload's own name)
+    stem = Path(info_d["name"]).stem
     aid = store.create_analysis(str(path.resolve()), asdict(opts), models, info_d, sha256_file(path))
     if on_start is not None:
         on_start(aid)  # e.g. a service job records its analysis before the long part
@@ -278,7 +283,7 @@ def analyze(
                 t = time.perf_counter()
                 bank.add(frame.image, faces, frame_index=frame.index)
                 timings["identity"] = timings.get("identity", 0.0) + time.perf_counter() - t
-            buffer.extend(observation_rows(path.stem, frame, faces))
+            buffer.extend(observation_rows(stem, frame, faces))
             n_frames += 1
             if len(buffer) >= opts.write_batch:
                 t = time.perf_counter()

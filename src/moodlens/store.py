@@ -157,7 +157,7 @@ class Store:
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.engine: Engine = create_engine(url)
+            self.engine: Engine = create_engine(url, pool_pre_ping=True)  # a restarted server: reconnect
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             # Brings the schema to the newest revision (Alembic, under a lock); one SELECT when current.

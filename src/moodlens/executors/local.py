@@ -35,7 +35,7 @@ from concurrent.futures.process import BrokenProcessPool
 from moodlens.executors import Attempt
 
 
-def _die_with_parent(parent: int | None = None) -> None:
+def _die_with_parent(parent: int | None = None, threads: int | None = None) -> None:
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -45,6 +45,8 @@ def _die_with_parent(parent: int | None = None) -> None:
         os._exit(1)  # the server died before the line above: it can no longer kill us
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so is SIGTERM (systemd sends it to every process)
+    if threads and "MOODLENS_ORT_THREADS" not in os.environ:
+        os.environ["MOODLENS_ORT_THREADS"] = str(threads)  # workers share the cores rather than each taking all
 
 
 def _run(attempt: Attempt) -> int | None:
@@ -61,19 +63,22 @@ class LocalExecutor:
         self._lock = threading.Lock()
         self._pools: list[ProcessPoolExecutor | None] = [None] * self.slots
         self._busy: list[Future | None] = [None] * self.slots
+        self._closed = False
         # Every worker process is started from this thread (see the module's docstring).
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="moodlens-spawn")
 
-    @staticmethod
-    def _new_pool() -> ProcessPoolExecutor:
+    def _new_pool(self) -> ProcessPoolExecutor:
+        threads = max(1, (os.cpu_count() or 1) // self.slots)
         return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_die_with_parent, initargs=(os.getpid(),))
+                                   initializer=_die_with_parent, initargs=(os.getpid(), threads))
 
     def submit(self, attempt: Attempt) -> Future:
         return self._spawner.submit(self._submit, attempt).result()
 
     def _submit(self, attempt: Attempt) -> Future:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the executor was shut down")
             free = [i for i, f in enumerate(self._busy) if f is None or f.done()]
             i = free[0] if free else 0  # the dispatcher keeps within slots; else it waits its turn
             pool = self._pools[i]
@@ -98,6 +103,7 @@ class LocalExecutor:
     def shutdown(self, grace_s: float) -> None:
         """Let running attempts finish for up to ``grace_s`` seconds, then stop the workers."""
         with self._lock:
+            self._closed = True
             pools = [p for p in self._pools if p is not None]
         done = threading.Event()
 

@@ -530,7 +530,7 @@ def write_report(
     resolution = (f"{bin_s}-second bins (the video is long), smoothed over {smooth_bins} bins" if bin_s > 1
                   else f"smoothed with a centred {smooth_n}-second moving average")
 
-    name = Path(video).name or "video"
+    name = info.get("name") or Path(video).name or "video"
     sub = " · ".join(x for x in [
         f"analysis {aid}" if aid is not None else "",
         f"{_mmss(duration)} of video",

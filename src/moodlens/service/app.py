@@ -121,13 +121,9 @@ def _loopback_name(host_header: str) -> bool:
 
 def _same_file(path: Path, sha256: str | None) -> bool:
     """Whether ``path`` still holds the bytes whose SHA-256 a job recorded."""
-    import hashlib
+    from moodlens.models import sha256_file
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return sha256 is not None and h.hexdigest() == sha256
+    return sha256 is not None and sha256_file(path) == sha256
 
 
 def _flag(value: str | None, default: bool) -> bool:
@@ -157,6 +153,23 @@ def job_options(fields: dict[str, str]) -> dict[str, Any]:
     return {"fps": fps, "collection": collection, "report": _flag(fields.get("report"), True),
             "emoji_video": _flag(fields.get("emoji_video"), False),
             "blur_unknown": _flag(fields.get("blur_unknown"), False)}
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs`` with Swagger UI served from the pinned ``swagger-ui-bundle`` wheel: FastAPI's
+    default page loads it from a CDN, which an offline machine cannot reach."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="moodlens API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg")
 
 
 # -- the app -------------------------------------------------------------------------------
@@ -200,10 +213,11 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
             await run_in_threadpool(dispatcher.stop, config.grace_s)
             log.info("moodlens stopped")
 
-    app = FastAPI(title="moodlens", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="moodlens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Offline audience-emotion analytics as a service: upload a video, a job analyses "
                               "it, download the records, report and emoji video. Send `Authorization: Bearer "
                               "<token>` once tokens exist (`moodlens tokens create`).")
+    _offline_docs(app)
     app.state.config, app.state.store, app.state.queue, app.state.metrics = config, store, queue, metrics
 
     # -- auth -----------------------------------------------------------------------------
@@ -276,7 +290,8 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
     @app.exception_handler(MoodlensError)
     async def moodlens_error(_request: Request, e: MoodlensError):
         status = 404 if isinstance(e, NotFoundError) else 409 if isinstance(e, JobStateError) else 422
-        return JSONResponse({"detail": str(e)}, status_code=status)
+        # the store names its database ("no such analysis in sqlite:////srv/..."): not the client's business
+        return JSONResponse({"detail": str(e).replace(f" in {safe_url(config.db)}", "")}, status_code=status)
 
     # -- health and metrics ---------------------------------------------------------------
     @app.get("/healthz", tags=["service"], summary="Liveness and the database's answer")
@@ -322,8 +337,13 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
         except BaseException:
             up.discard()
             raise
-        job_id = queue.enqueue(filename=up.filename, video=str(final), options=opts, source="upload",
-                               sha256=up.sha256, size_bytes=up.size, token_name=who["name"])
+        try:  # off the event loop: a busy SQLite may make the write wait
+            job_id = await run_in_threadpool(lambda: queue.enqueue(
+                filename=up.filename, video=str(final), options=opts, source="upload", sha256=up.sha256,
+                size_bytes=up.size, token_name=who["name"]))
+        except BaseException:
+            final.unlink(missing_ok=True)  # no job, no file
+            raise
         request.app.state.dispatcher.wake()
         log.info("job %d: %s uploaded (%d bytes, sha256 %s) by %s", job_id, up.filename, up.size, up.sha256[:12],
                  who["name"])
@@ -368,7 +388,7 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
     async def result_file(analysis_id: int, name: str, _who: Viewer):
         if name not in RESULT_FILES:
             raise HTTPException(404, f"{name}: not a result file; one of {', '.join(RESULT_FILES)}")
-        store.complete_analysis(analysis_id)
+        await run_in_threadpool(store.complete_analysis, analysis_id)
         path = analysis_dir(config.data_dir, analysis_id) / name
         if not path.is_file() and name != "emoji.mp4":
             await run_in_threadpool(_write_result, analysis_id, name)

@@ -20,6 +20,7 @@ import hmac
 import secrets
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from moodlens.errors import MoodlensError, NotFoundError
 from moodlens.service.tables import ROLES, TokenRow
@@ -80,6 +81,16 @@ def check(store: Store, token: str) -> TokenRow | None:
                                                TokenRow.revoked_at.is_(None))).first()
     if row is None or not hmac.compare_digest(row.token_sha256, digest):
         return None
+    now = dt.datetime.now(dt.timezone.utc)
+    last = row.last_used_at
+    if last is not None and last.tzinfo is None:  # SQLite gives naive UTC
+        last = last.replace(tzinfo=dt.timezone.utc)
+    if last is None or now - last > dt.timedelta(seconds=60):  # `tokens list` shows it; one write a minute
+        try:
+            with store.session() as s, s.begin():
+                s.execute(update(TokenRow).where(TokenRow.id == row.id).values(last_used_at=now))
+        except SQLAlchemyError:
+            pass  # a busy database must not fail the request
     return row
 
 

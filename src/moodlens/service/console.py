@@ -87,9 +87,14 @@ def job_view(r) -> dict[str, Any]:
         end = finished if finished is not None else dt.datetime.now(dt.timezone.utc)
         duration = max(0.0, (end - started).total_seconds())
     stages = list(r.stages or [])
+    options = dict(r.options or {})
+    try:
+        fps = f"{float(options.get('fps') or 2.0):g}"
+    except (TypeError, ValueError):
+        fps = str(options.get("fps"))
     return {"id": r.id, "status": r.status, "stage": r.stage, "progress": float(r.progress or 0.0),
             "percent": round(100 * float(r.progress or 0.0)), "filename": r.filename, "source": r.source,
-            "sha256": r.sha256, "size": _size(r.size_bytes), "options": dict(r.options or {}),
+            "sha256": r.sha256, "size": _size(r.size_bytes), "options": options, "fps": fps,
             "analysis_id": r.analysis_id, "attempts": r.attempts, "error": r.error, "stages": stages,
             "token_name": r.token_name, "created_iso": _iso(r.created_at), "created": _when(r.created_at),
             "started_iso": _iso(started), "finished_iso": _iso(finished), "finished": _when(finished),
@@ -97,10 +102,10 @@ def job_view(r) -> dict[str, Any]:
             "signature": f"{r.status}|{r.attempts}|{len(stages)}|{r.stage or ''}|{r.analysis_id or ''}"}
 
 
-def _stage_rows(stages: list[dict]) -> list[dict]:
+def _stage_rows(stages: list[dict], active: bool) -> list[dict]:
     total = sum(s.get("seconds") or 0.0 for s in stages) or 1.0
     return [{"name": s.get("name", "?"), "seconds": s.get("seconds"),
-             "text": "running…" if s.get("seconds") is None else f"{s['seconds']:.2f} s",
+             "text": ("running…" if active else "stopped") if s.get("seconds") is None else f"{s['seconds']:.2f} s",
              "share": 0 if s.get("seconds") is None else max(1, round(100 * s["seconds"] / total))}
             for s in stages]
 
@@ -123,7 +128,7 @@ def register_console(app: FastAPI) -> None:
     """Add the console's pages (/, /jobs/{id}, /login, /logout) and /static to ``app``."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(version=__version__, quote=quote)
+    env.globals.update(version=__version__)
     templates = Jinja2Templates(env=env)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     store, queue, config = app.state.store, app.state.queue, app.state.config
@@ -132,7 +137,9 @@ def register_console(app: FastAPI) -> None:
         who = context.get("who")
         context = {"who": who, "can_upload": bool(who) and auth.RANK.get(who["role"], 0) >= auth.RANK["upload"],
                    "is_admin": bool(who) and who["role"] == "admin",
-                   "logged_in": bool(who) and who["name"] != "local" and bool(request.cookies.get(auth.COOKIE)),
+                   # the cookie was checked by principal(), else this page would not render
+                   "logged_in": bool(who) and bool(request.cookies.get(auth.COOKIE))
+                   and not request.headers.get("authorization"),
                    **context}
         resp = templates.TemplateResponse(request, name, context, status_code=status)
         resp.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
@@ -222,7 +229,9 @@ def register_console(app: FastAPI) -> None:
                     p = folder / name
                     if p.is_file():
                         files[name] = _size(p.stat().st_size)
-        return page(request, "job.html", {"who": who, "job": job, "stages": _stage_rows(job["stages"]),
+        timed = [st["seconds"] for st in job["stages"] if st.get("seconds") is not None]
+        return page(request, "job.html", {"who": who, "job": job, "stages": _stage_rows(job["stages"], job["active"]),
+                                          "stages_total": _seconds(sum(timed)) if timed else None,
                                           "analysis": analysis, "inner": inner, "files": files,
                                           "downloads": DOWNLOADS})
 

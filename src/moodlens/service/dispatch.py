@@ -39,6 +39,8 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_done = on_done  # callback(job_id) when an attempt ends (metrics)
+        self._trouble_since: float | None = None  # since when the loop's database calls fail
+        self._trouble_logged = 0.0
 
     def start(self) -> None:
         # Jobs recorded as this very host:pid are orphans too (a container restarted with the same pid).
@@ -51,9 +53,20 @@ class Dispatcher:
         """A job was queued: look now rather than at the next poll."""
         self._wake.set()
 
+    def _trouble(self, what: str) -> None:
+        """Log a failure of the loop: in full the first time, then one line a minute until it recovers."""
+        now = time.monotonic()
+        if self._trouble_since is None:
+            self._trouble_since = self._trouble_logged = now
+            log.exception("dispatcher: %s; will retry every %.1f s", what, self.poll_s)
+        elif now - self._trouble_logged >= 60.0:
+            self._trouble_logged = now
+            log.warning("dispatcher: %s for %.0f s now", what, now - self._trouble_since)
+
     def _loop(self) -> None:
         last_beat = last_sweep = time.monotonic()
         while not self._stop.is_set():
+            ok = True
             try:
                 while len(self.running) < self.executor.slots and not self._stop.is_set():
                     claimed = self.q.claim(self.worker)
@@ -61,7 +74,8 @@ class Dispatcher:
                         break
                     self._submit(claimed.id, claimed.attempt)
             except Exception:  # noqa: BLE001 - the database may be briefly away; try again
-                log.exception("dispatcher: cannot claim a job; will retry")
+                ok = False
+                self._trouble("cannot claim a job (is the database reachable?)")
             try:  # apart from claiming, so that a failing claim never starves the heartbeat
                 if time.monotonic() - last_beat >= HEARTBEAT_S:
                     with self._lock:
@@ -73,7 +87,11 @@ class Dispatcher:
                             log.warning("job %d: its server stopped answering; queued again", job_id)
                         last_sweep = last_beat
             except Exception:  # noqa: BLE001
-                log.exception("dispatcher: heartbeat failed; will retry")
+                ok = False
+                self._trouble("cannot record the heartbeat (is the database reachable?)")
+            if ok and self._trouble_since is not None:
+                log.info("dispatcher: the database answers again after %.0f s", time.monotonic() - self._trouble_since)
+                self._trouble_since = None
             self._wake.wait(self.poll_s)
             self._wake.clear()
 
@@ -93,7 +111,8 @@ class Dispatcher:
         """An attempt ended. run_job records its own outcome; an exception here means its
         worker process died (or could not reach the database at the end)."""
         with self._lock:
-            self.running.pop(job_id, None)
+            if self.running.get(job_id, (None,))[0] == attempt:  # not a newer attempt of the same job
+                del self.running[job_id]
         stopping = self._stop.is_set()
         error = None
         if fut.cancelled():
@@ -140,7 +159,7 @@ class Dispatcher:
                 pass
         self.executor.shutdown(0.0)
         for job_id, (attempt, fut) in pending.items():  # _finished re-queues the killed ones too; once wins
-            if not fut.done() or fut.exception() is not None:
+            if not fut.done() or fut.cancelled() or fut.exception() is not None:
                 if self.q.requeue(job_id, attempt, "the server was stopped"):
                     log.warning("job %d: the server stopped; queued again", job_id)
 

@@ -9,7 +9,6 @@ job. Hidden files and names without a video suffix are ignored.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -17,20 +16,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from moodlens.models import sha256_file
 from moodlens.service.tables import JobRow
 
 log = logging.getLogger("moodlens.service")
 
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv",
                   ".gif", ".3gp"}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Watcher:
@@ -85,7 +77,7 @@ class Watcher:
             if prev[2] is None or now - prev[2] < self.settle_s or st.st_size == 0:
                 continue
             self._seen[p] = (*key, None)  # decided: do not look at it again until it changes
-            sha = _sha256(p)
+            sha = sha256_file(p)
             if self._known(p, sha):
                 continue
             job_id = self.queue.enqueue(filename=p.name, video=str(p), options=self.options,  # as _known looks

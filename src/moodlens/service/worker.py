@@ -7,6 +7,12 @@ stage's progress and time on the job row. Cancellation is cooperative: the progr
 callback checks the job's flag at most once a second and stops the analysis, which is then
 marked interrupted. Every update names the attempt, so a worker whose job was taken from
 it (its server died and a new one re-queued the job) changes nothing.
+
+A job's analysis is complete only when the job is: an attempt cancelled or failed after the
+analysis itself finished (while writing the emoji video, say) marks the analysis too. The
+database may be away for a moment: progress that cannot be written is skipped, the attempt's
+last writes are retried for about 20 s, and an attempt that a database error stopped goes back
+to the queue (up to ``MAX_ATTEMPTS``) rather than failing the job.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ def _retry(fn, *args, tries: int = 8, **kw):
         except SQLAlchemyError:
             if i == tries - 1:
                 raise
-            log.warning("database unavailable; retrying in %.1f s", min(8.0, 0.25 * 2**i), exc_info=True)
+            log.warning("database unavailable; retrying in %.1f s", min(8.0, 0.25 * 2**i))
             time.sleep(min(8.0, 0.25 * 2**i))
 
 
@@ -58,6 +64,7 @@ class _Tracker:
         self.plan = stages
         self.done: list[dict] = []
         self.stage, self.t_stage, self.t_write, self.t_cancel = None, 0.0, 0.0, 0.0
+        self.db_down = False
 
     def start(self, stage: str) -> None:
         now = time.perf_counter()
@@ -67,7 +74,8 @@ class _Tracker:
         try:
             self.q.set_stages(self.job_id, self.attempt, self.done + [{"name": stage, "seconds": None}])
         except SQLAlchemyError:  # shown stages only; the final write retries
-            log.warning("job %d: could not record stage %s", self.job_id, stage, exc_info=True)
+            log.warning("job %d: cannot record stage %s; going on", self.job_id, stage)
+        self.t_cancel = 0.0  # a cancel asked for during the last stage is honoured here
         self.report(0.0, force=True)
 
     def report(self, fraction_of_stage: float, force: bool = False) -> None:
@@ -82,9 +90,15 @@ class _Tracker:
             try:
                 ours = self.q.progress(self.job_id, self.attempt, self.stage,
                                        before + weight * max(0.0, min(1.0, fraction_of_stage)))
-            except SQLAlchemyError:  # the database is away for a moment: progress can wait
-                log.warning("job %d: could not record progress", self.job_id, exc_info=True)
-                ours = True
+            except SQLAlchemyError as e:  # the database is away for a moment: progress can wait
+                if not self.db_down:
+                    log.warning("job %d: cannot record progress (%s); going on", self.job_id,
+                                " ".join(str(getattr(e, "orig", None) or e).split())[:200])
+                self.db_down, ours = True, True
+            else:
+                if self.db_down:
+                    log.info("job %d: the database answers again", self.job_id)
+                self.db_down = False
             if not ours:
                 raise Cancelled(f"job {self.job_id}: attempt {self.attempt} is no longer the job's")
         if now - self.t_cancel >= 1.0:
@@ -133,21 +147,28 @@ def run_job(db: str, job_id: int, attempt: int, data_dir: str) -> int | None:
         ["emoji video"] if opts.get("emoji_video") else [])
     tr = _Tracker(q, job_id, attempt, plan)
     aid: int | None = None
+    started: list[int] = []  # the attempt's analysis, known even when analyze() fails
+
+    def on_start(analysis_id: int) -> None:
+        started.append(analysis_id)
+        q.set_analysis(job_id, attempt, analysis_id)
 
     def end(error: str, status: str) -> None:
+        for server_path in {job.video, str(Path(job.video).resolve())}:  # viewers see the client's name only
+            error = error.replace(server_path, job.filename)
         _retry(q.set_stages, job_id, attempt, tr.close())
         _retry(q.fail, job_id, attempt, error, status=status)
-        if aid is not None and status == CANCELLED:  # the analysis was complete; the job's outputs were not
-            _retry(q.interrupt_analysis, aid, f"job {job_id}: {error}")
-        elif aid is not None:
+        if aid is not None and status != CANCELLED:  # the analysis was complete; the job's outputs were not
             _retry(store.fail, aid, f"job {job_id}: {error}", FAILED)
+        for a in started:  # unless analyze() recorded its failure (the database may have been away)
+            _retry(q.interrupt_analysis, a, f"job {job_id}: {error}")
 
     try:
         tr.start("analyze")
         result = analyze(job.video, fps=float(opts.get("fps") or 2.0), store=store,
-                         collection=opts.get("collection") or None,
+                         collection=opts.get("collection") or None, name=job.filename,
                          progress=lambda done, total: tr.report(done / total if total else 0.0),
-                         on_start=lambda a: q.set_analysis(job_id, attempt, a))
+                         on_start=on_start)
         aid = result.id
         out = analysis_dir(data_dir, aid)
         tr.start("tables")
@@ -158,6 +179,8 @@ def run_job(db: str, job_id: int, attempt: int, data_dir: str) -> int | None:
         if opts.get("emoji_video"):
             tr.start("emoji video")
             _emoji_video(result, out, bool(opts.get("blur_unknown")), tr)
+        if q.cancel_requested(job_id):  # asked for during the last stage: cancelled, not complete
+            raise Cancelled(f"job {job_id} was cancelled")
         _retry(q.set_stages, job_id, attempt, tr.close())
         if not _retry(q.finish, job_id, attempt, aid):  # the job moved on (re-queued elsewhere) meanwhile
             _retry(q.interrupt_analysis, aid, f"job {job_id}: attempt {attempt} is no longer the job's")
@@ -165,11 +188,31 @@ def run_job(db: str, job_id: int, attempt: int, data_dir: str) -> int | None:
         return aid
     except Cancelled as e:
         end(str(e), CANCELLED)
-    except MoodlensError as e:
-        end(str(e), FAILED)
     except Exception as e:  # noqa: BLE001 - recorded on the job; the worker process goes on
-        log.exception("job %d: attempt %d failed", job_id, attempt)
-        end(f"{type(e).__name__}: {e}", FAILED)
+        from moodlens.service.dispatch import MAX_ATTEMPTS
+
+        if _database_failed(e) and attempt < MAX_ATTEMPTS:
+            # the database went away for a moment: not the video's fault; another attempt will do
+            reason = f"the database failed ({type(_database_failed(e)).__name__})"
+            log.warning("job %d: attempt %d: %s; queueing it again", job_id, attempt, reason)
+            _retry(q.requeue, job_id, attempt, reason)
+            for a in started:  # its analysis may not have been marked (the database was away)
+                _retry(q.interrupt_analysis, a, f"job {job_id} attempt {attempt}: {reason}")
+        elif isinstance(e, MoodlensError):
+            end(str(e), FAILED)
+        else:
+            log.exception("job %d: attempt %d failed", job_id, attempt)
+            end(f"{type(e).__name__}: {e}", FAILED)
+    return None
+
+
+def _database_failed(e: BaseException) -> SQLAlchemyError | None:
+    """The database error behind ``e`` (the pipeline wraps them in a one-line MoodlensError)."""
+    seen = 0
+    while e is not None and seen < 5:
+        if isinstance(e, SQLAlchemyError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
     return None
 
 

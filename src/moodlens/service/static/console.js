@@ -326,7 +326,8 @@
           ids.push(await send(chosen[i], label));
           pollNow();
         } catch (failure) {
-          show(err, `${chosen[i].name}: ${failure.message}`);
+          const name = chosen[i].name;
+          show(err, failure.message.includes(name) ? failure.message : `${name}: ${failure.message}`);
           break;
         }
       }
@@ -423,9 +424,23 @@
     poll();
   }
 
+  // -- the login page ---------------------------------------------------------------------
+  /* Arriving from a link on another site, the browser withholds the SameSite=Strict cookie, so
+     the server asked for a login. From this page the cookie is sent: if it still works, go on. */
+  async function loginPage() {
+    const form = $('#login');
+    const next = form && form.dataset.resume;
+    if (!next) return;
+    try {
+      const r = await fetch('/api/jobs?limit=1', {headers: HEADERS, credentials: 'same-origin', cache: 'no-store'});
+      if (r.ok) location.replace(next);
+    } catch (e) { /* stay here */ }
+  }
+
   // -- start --------------------------------------------------------------------------------
   const pageName = document.body.dataset.page;
   if (pageName === 'jobs') uploader(jobsPage());
   else if (pageName === 'job') jobPage();
+  else if (pageName === 'login') loginPage();
   else localize();
 })();
