@@ -130,14 +130,19 @@ def search_cmd(
     db: DbOpt = DEFAULT_DB,
     as_json: JsonOpt = False,
 ):
-    """Print the best-matching enrolled people, with 0-100 scores, for each face of a photo."""
+    """Print the best-matching enrolled people, with per-pair 0-100 scores, for each face of a photo, and
+    whether analyze would name it (the open-set score among all enrolled people)."""
     from moodlens.collections import search_image
 
     found = search_image(Store(db), image, collection, k=k)
     if as_json:
         print(json.dumps([{"box": [round(v, 1) for v in f.box],
                            "matches": [{"person": m.person, "score": round(m.score, 2),
-                                        "match": m.score >= threshold} for m in f.matches]} for f in found], indent=2))
+                                        "match": m.score >= threshold} for m in f.matches],
+                           "identified": None if f.identified is None or f.identified.score < threshold else
+                           f.identified.person,
+                           "identified_score": None if f.identified is None else round(f.identified.score, 2)}
+                          for f in found], indent=2))
         return
     for i, f in enumerate(found, 1):
         x, y, w, h = f.box
@@ -148,8 +153,13 @@ def search_cmd(
         for m in f.matches:
             table.add_row(escape(m.person), f"{m.score:.1f}", "match" if m.score >= threshold else "")
         out_console.print(table)
-        if not f.matches or f.matches[0].score < threshold:
-            out_console.print("  no enrolled person reaches the threshold: unknown", highlight=False)
+        if f.identified is not None and f.identified.score >= threshold:
+            out_console.print(f"  analyze would name this face {escape(f.identified.person)} (open-set score "
+                              f"{f.identified.score:.1f} among all enrolled people)", highlight=False)
+        else:
+            out_console.print("  no enrolled person reaches the threshold among all enrolled people "
+                              f"(open-set score {f.identified.score if f.identified else 0:.1f}): unknown",
+                              highlight=False)
 
 
 EVAL_IDENTITY_EPILOG = """Examples:
@@ -159,6 +169,8 @@ EVAL_IDENTITY_EPILOG = """Examples:
   moodlens eval identity ../shared/data/identity/deepface_unit --json
 
   moodlens eval identity people/ --enrol 1 --strangers 5     (people/<person>/*.jpg; 5 people held out)
+
+  moodlens eval identity ../shared/data/identity/pins105 --gallery-sizes 10,50,105
 """
 
 
@@ -174,13 +186,21 @@ def eval_identity(
     seed: Annotated[int, typer.Option(help="Seed of the splits.")] = 0,
     threshold: Annotated[float, typer.Option("--match-threshold", help="Score (0-100) for stranger rejection.",
                                              min=0, max=100)] = DEFAULT_MATCH_THRESHOLD,
+    gallery_sizes: Annotated[Optional[str], typer.Option(
+        "--gallery-sizes", help="Also evaluate on random subsets of this many people (strangers included), "
+                                "comma-separated, e.g. 10,50,105.")] = None,
 ):
     """Rank-1 accuracy, TAR at FAR = 1e-3 and stranger rejection of face identification on a labelled set."""
     from moodlens.evaluation.identity import evaluate_identity
 
     n_strangers: float | int = strangers if strangers < 1 else int(strangers)
+    try:
+        sizes = [int(x) for x in gallery_sizes.split(",") if x.strip()] if gallery_sizes else None
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated whole numbers, got {gallery_sizes!r}",
+                                 param_hint="--gallery-sizes") from None
     report = evaluate_identity(data, enrol_k=enrol, strangers=n_strangers, seed=seed, threshold=threshold,
-                               repeats=repeats)
+                               repeats=repeats, gallery_sizes=sizes)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -205,3 +225,16 @@ def eval_identity(
     table.add_row(f"pairwise FMR at {threshold:g}", fmt(report["fmr_at_threshold"]), "impostor pairs")
     table.add_row(f"pairwise FNMR at {threshold:g}", fmt(report["fnmr_at_threshold"]), "genuine pairs")
     out_console.print(table)
+    if report.get("sizes"):
+        sizes_t = Table(title=f"by gallery size (open-set score; nearest-face pairwise score in brackets), "
+                              f"threshold {threshold:g}", title_justify="left")
+        for col in ("people", "strangers", "rank-1", "strangers named", "known accepted", "TAR at FAR=1e-3"):
+            sizes_t.add_column(col, justify="right")
+        for r in report["sizes"]:
+            pw = r["pairwise"]
+            sizes_t.add_row(str(r["gallery_size"]), str(r["strangers_per_split"]),
+                            f"{fmt(r['rank1'])} ({fmt(pw['rank1'])})",
+                            f"{fmt(r['strangers_named'])} ({fmt(pw['strangers_named'])})",
+                            f"{fmt(r['known_accept_at_threshold'])} ({fmt(pw['known_accept_at_threshold'])})",
+                            f"{fmt(r['template_tar_at_far_1e-3'])} ({fmt(r['tar_at_far_1e-3'])})")
+        out_console.print(sizes_t)

@@ -111,7 +111,8 @@ class FaceSearch:
     """Matches for one face of a searched photo (largest face first)."""
 
     box: tuple[float, float, float, float]
-    matches: list[Match]
+    matches: list[Match]  # per-pair scores: the best enrolled face of each person
+    identified: Match | None = None  # the open-set decision analyze makes (Gallery.identify)
 
 
 # ---------------------------------------------------------------------------------
@@ -326,6 +327,25 @@ def load_gallery(store: Store, collection: str, model: str = MODEL_NAME) -> Gall
     return Gallery(emb, [r[1] for r in rows], [r[0] for r in rows], name=collection)
 
 
+def move_track_frames(store: Store, analysis_id: int, moves: dict[int, dict[int, int]]) -> None:
+    """Give the rows of tracks split by ``TrackBank.resolve_split`` ({track: {frame: new
+    track}}) their new track id (and its anonymous id until ``Store.set_person`` names it)."""
+    from sqlalchemy import update
+
+    from moodlens.store import ObservationRow
+
+    with store.session() as s, s.begin():
+        for track, move in moves.items():
+            by_new: dict[int, list[int]] = {}
+            for frame, new in move.items():
+                by_new.setdefault(int(new), []).append(int(frame))
+            for new, frames in by_new.items():
+                for i in range(0, len(frames), 500):
+                    s.execute(update(ObservationRow).where(
+                        ObservationRow.analysis_id == analysis_id, ObservationRow.track == int(track),
+                        ObservationRow.frame.in_(frames[i:i + 500])).values(track=new, person=f"unknown-{new + 1}"))
+
+
 def search_image(store: Store, image_path: Path, collection: str, k: int = 5,
                  embedder: Embedder | None = None, gallery: Gallery | None = None) -> list[FaceSearch]:
     """Best ``k`` enrolled people for every face of a photo, largest face first."""
@@ -336,6 +356,8 @@ def search_image(store: Store, image_path: Path, collection: str, k: int = 5,
         raise MoodlensError(f"{image_path}: no face found")
     vectors = (embedder or default_embedder())(align_for_identity(image, faces.landmarks))
     ids, scores = gallery.search(vectors, k)
+    who, _, open_scores = gallery.identify(vectors)
     return [FaceSearch(tuple(float(v) for v in faces.boxes[i]),
-                       [Match(str(p), float(sc)) for p, sc in zip(ids[i], scores[i])])
+                       [Match(str(p), float(sc)) for p, sc in zip(ids[i], scores[i])],
+                       Match(str(who[i]), float(open_scores[i])) if who[i] is not None else None)
             for i in range(len(faces))]

@@ -135,6 +135,8 @@ class ObservationRow(Base):
     fear: Mapped[float] = mapped_column(Float)
     contempt: Mapped[float] = mapped_column(Float)
     landmarks: Mapped[list | None] = mapped_column(JSON)
+    # the shot (between cuts, from 0) of the sampled frame: tracks never cross a cut (moodlens.shots)
+    shot: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 OBS_FIELDS = tuple(c.name for c in ObservationRow.__table__.columns if c.name not in ("id", "analysis_id"))

@@ -17,6 +17,12 @@ cheap, so ``repeats`` splits (seeded) are pooled. Per split: ``strangers`` of th
   "no impostor accepted");
 - stranger rejection: strangers whose best score stays under the threshold (default 70);
 - at the threshold: known probes accepted as the right person, and the pairwise FMR/FNMR.
+
+Rank-1, stranger rejection and known acceptance use the open-set decision ``analyze``
+makes (``Gallery.identify``: person templates, ``open_set_score``); ``pairwise`` holds the
+same for the nearest-face per-pair score (the decision before issue 21), and
+``template_tar_at_far_1e-3`` is TAR at FAR 1e-3 over probe-vs-person-template scores.
+``gallery_sizes`` repeats everything on random subsets of that many people.
 """
 
 from __future__ import annotations
@@ -95,9 +101,17 @@ def _n_strangers(strangers: float | int, people: int) -> int:
 
 
 def split_scores(emb: np.ndarray, people: np.ndarray, enrol_k: int, n_strangers: int,
-                 rng: np.random.Generator, threshold: float) -> dict[str, np.ndarray]:
-    """One random split: enrol, probe, and every score the metrics need."""
+                 rng: np.random.Generator, threshold: float,
+                 gallery_size: int | None = None) -> dict[str, np.ndarray]:
+    """One random split: enrol, probe, and every score the metrics need.
+
+    ``gallery_size``: use that many people (drawn at random) of the set, strangers included.
+    Keys without a prefix are the open-set decision ``analyze`` makes (``Gallery.identify``);
+    ``pairwise_*`` keys are the nearest-face, per-pair score (before issue 21).
+    """
     names = np.unique(people)
+    if gallery_size is not None and gallery_size < len(names):
+        names = np.sort(rng.choice(names, size=gallery_size, replace=False))
     strangers = set(rng.choice(names, size=n_strangers, replace=False).tolist()) if n_strangers else set()
     enrol_idx, probe_idx = [], []
     for name in names:
@@ -117,10 +131,18 @@ def split_scores(emb: np.ndarray, people: np.ndarray, enrol_k: int, n_strangers:
     best_score = similarity_to_score(per_person.max(1)) if per_person.size else np.zeros(len(probes))
     pair = similarity_to_score(probes @ gallery.embeddings.T)  # (Q, M) probe vs every enrolled face
     same = truth[:, None] == gallery.labels[None, :]
+    who, _, score = gallery.identify(probes)
+    tmpl = similarity_to_score(probes @ gallery.templates().T)  # (Q, P) probe vs every person's template
+    tmpl_same = truth[:, None] == gallery.persons[None, :]
     return {
-        "rank1_hit": (gallery.persons[best] == truth)[known],
-        "known_accept": ((gallery.persons[best] == truth) & (best_score >= threshold))[known],
-        "stranger_best": np.asarray(best_score)[~known],
+        "rank1_hit": (who == truth)[known],
+        "known_accept": ((who == truth) & (score >= threshold))[known],
+        "stranger_best": np.asarray(score)[~known],
+        "template_genuine": tmpl[tmpl_same],
+        "template_impostor": tmpl[~tmpl_same],
+        "pairwise_rank1_hit": (gallery.persons[best] == truth)[known],
+        "pairwise_known_accept": ((gallery.persons[best] == truth) & (best_score >= threshold))[known],
+        "pairwise_stranger_best": np.asarray(best_score)[~known],
         "genuine": pair[same],
         "impostor": pair[~same],
     }
@@ -139,40 +161,68 @@ def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[f
 def evaluate_identity(root: Path, enrol_k: int = 2, strangers: float | int = 0.25, seed: int = 0,
                       threshold: float = DEFAULT_MATCH_THRESHOLD, repeats: int = 10,
                       embedder: Embedder | None = None,
-                      progress: Callable[[int, int], None] | None = None) -> dict:
-    """Identification and verification metrics on a labelled identity folder (see module doc)."""
+                      progress: Callable[[int, int], None] | None = None,
+                      gallery_sizes: list[int] | None = None,
+                      embedded: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Identification and verification metrics on a labelled identity folder (see module doc).
+
+    ``gallery_sizes``: also evaluate on random subsets of that many people (strangers
+    included, ``strangers`` of them when a fraction); the results are under ``"sizes"``.
+    ``embedded``: (embeddings, found) from an earlier ``embed_photos`` of the same
+    folder, to skip embedding.
+    """
     if enrol_k < 1:
         raise MoodlensError(f"--enrol must be at least 1, got {enrol_k}")
     t0 = time.perf_counter()
     layout, paths, labels = read_identity_set(Path(root))
-    emb, found = embed_photos(paths, embedder, progress)
+    emb, found = embedded if embedded is not None else embed_photos(paths, embedder, progress)
     t_embed = time.perf_counter() - t0
     people = np.array(labels, dtype=object)[found]
     emb = emb[found]
     names = np.unique(people)
     if len(names) < 2:
         raise MoodlensError(f"{root}: needs at least 2 people with a detectable face, found {len(names)}")
-    n_str = _n_strangers(strangers, len(names))
+    out = {"dataset": str(root), "layout": layout, "people": int(len(names)), "images": len(paths),
+           "no_face": [str(p) for p, f in zip(paths, found) if not f],
+           **_metrics(emb, people, len(names), enrol_k, strangers, seed, threshold, repeats)}
+    if gallery_sizes:
+        out["sizes"] = [{"gallery_size": min(int(g), len(names)),
+                         **_metrics(emb, people, min(int(g), len(names)), enrol_k, strangers, seed, threshold,
+                                    repeats)}
+                        for g in gallery_sizes if int(g) >= 2]
+    out["seconds"] = {"embed": round(t_embed, 2), "total": round(time.perf_counter() - t0, 2)}
+    return out
+
+
+def _metrics(emb: np.ndarray, people: np.ndarray, size: int, enrol_k: int, strangers: float | int, seed: int,
+             threshold: float, repeats: int) -> dict:
+    n_str = _n_strangers(strangers, size)
     rng = np.random.default_rng(seed)
     pooled: dict[str, list[np.ndarray]] = {}
     for _ in range(max(1, repeats)):
-        for k, v in split_scores(emb, people, enrol_k, n_str, rng, threshold).items():
+        for k, v in split_scores(emb, people, enrol_k, n_str, rng, threshold, gallery_size=size).items():
             pooled.setdefault(k, []).append(np.asarray(v))
     r = {k: np.concatenate(v) if v else np.zeros(0) for k, v in pooled.items()}
     tar, far_t = tar_at_far(r["genuine"], r["impostor"], 1e-3)
+    tar_t, far_tt = tar_at_far(r["template_genuine"], r["template_impostor"], 1e-3)
     mean = lambda a: float(np.mean(a)) if len(a) else None  # noqa: E731
     return {
-        "dataset": str(root), "layout": layout, "people": int(len(names)), "images": len(paths),
-        "no_face": [str(p) for p, f in zip(paths, found) if not f],
         "enrol_k": enrol_k, "strangers_per_split": n_str, "repeats": max(1, repeats), "seed": seed,
         "threshold": threshold,
         "probes_known": int(len(r["rank1_hit"])), "probes_stranger": int(len(r["stranger_best"])),
         "rank1": mean(r["rank1_hit"]),
         "tar_at_far_1e-3": tar, "far_1e-3_score": far_t,
         "genuine_pairs": int(len(r["genuine"])), "impostor_pairs": int(len(r["impostor"])),
+        "template_tar_at_far_1e-3": tar_t, "template_far_1e-3_score": far_tt,
         "stranger_rejection": mean(r["stranger_best"] < threshold),
+        "strangers_named": mean(r["stranger_best"] >= threshold),
         "known_accept_at_threshold": mean(r["known_accept"]),
         "fmr_at_threshold": mean(r["impostor"] >= threshold),
         "fnmr_at_threshold": mean(r["genuine"] < threshold),
-        "seconds": {"embed": round(t_embed, 2), "total": round(time.perf_counter() - t0, 2)},
+        "pairwise": {  # the nearest-face, per-pair decision used before issue 21
+            "rank1": mean(r["pairwise_rank1_hit"]),
+            "stranger_rejection": mean(r["pairwise_stranger_best"] < threshold),
+            "strangers_named": mean(r["pairwise_stranger_best"] >= threshold),
+            "known_accept_at_threshold": mean(r["pairwise_known_accept"]),
+        },
     }

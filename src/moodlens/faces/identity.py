@@ -16,6 +16,14 @@ Scores
     Cosine similarity is mapped to the seed's 0-100 ``FaceMatchThreshold`` scale (see
     ``similarity_to_score``), so that ``--match-threshold 70`` is again a strict,
     low-false-match default. Calibration: ``benchmarks/identity_calibration.py``.
+    Identification against a collection (``Gallery.identify``, used by analyze) uses the
+    open-set score (``open_set_score``): the same scale, corrected for the number of people
+    searched, so that 70 stays as safe for hundreds of people as for one.
+
+Tracks
+    ``TrackBank`` embeds each track's best faces and samples over its life; a track whose
+    faces form two people is split before it is named (``two_groups``,
+    ``TrackBank.resolve_split``).
 """
 
 from __future__ import annotations
@@ -66,6 +74,35 @@ def similarity_to_score(cos: np.ndarray | float) -> np.ndarray | float:
     c = np.asarray(cos, dtype=np.float64)
     s = 100.0 / (1.0 + np.exp(-(_LOGIT_70 + SCORE_SLOPE * (c - SCORE_COS_70))))
     return float(s) if s.ndim == 0 else s.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------
+# Open-set identification (issue 21). Searching N people gives a stranger N chances to
+# match someone, so a per-pair threshold lets more strangers through as a collection
+# grows (pins105, 79 people x 2 photos: 8 % of strangers' photos reached 70 pairwise).
+# ``open_set_score`` is a Bonferroni correction on the calibrated impostor model (a
+# normal fit to the 4,830 impostor cosines above): the per-person false-match chance of
+# the best cosine, p = P(impostor cos >= c), is multiplied by the number of people
+# searched, and the score is the pairwise score whose chance is N x p. So 70 keeps its
+# meaning for the whole search: a stranger scores >= 70 against a collection of N people
+# about as rarely (model: 2.2e-4) as one impostor pair does. With one person it is the
+# pairwise score. benchmarks/identity_open_set.py measures it.
+# ---------------------------------------------------------------------------------
+IMPOSTOR_COS_MEAN = 0.110
+IMPOSTOR_COS_SD = 0.088
+
+
+def open_set_score(cos: np.ndarray | float, n_people: int) -> np.ndarray | float:
+    """0-100 score of a best cosine ``cos`` found by searching ``n_people`` people: the pairwise
+    score whose false-match chance equals ``n_people`` x that of ``cos`` (never above the pairwise score)."""
+    from scipy.special import ndtr, ndtri
+
+    c = np.asarray(cos, dtype=np.float64)
+    n = max(1, int(n_people))
+    if n > 1:
+        p = np.minimum(n * ndtr(-(c - IMPOSTOR_COS_MEAN) / IMPOSTOR_COS_SD), 0.5)
+        c = np.minimum(c, IMPOSTOR_COS_MEAN - IMPOSTOR_COS_SD * ndtri(p))
+    return similarity_to_score(float(c) if c.ndim == 0 else c)
 
 
 def score_to_similarity(score: np.ndarray | float) -> np.ndarray | float:
@@ -177,6 +214,7 @@ class Gallery:
         else:
             self._starts = np.zeros(0, np.intp)
         self.persons = self.labels[self._starts] if len(self.labels) else np.zeros(0, object)
+        self._templates: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -193,6 +231,31 @@ class Gallery:
         else:
             sims = q @ self.embeddings.T
         return np.maximum.reduceat(sims, self._starts, axis=1)
+
+    def templates(self) -> np.ndarray:
+        """(P, 128) one unit template a person: the normalised mean of their enrolled faces."""
+        if self._templates is None:
+            if len(self) == 0:
+                self._templates = np.zeros((0, EMBED_DIM), np.float32)
+            else:
+                self._templates = l2_normalize(np.add.reduceat(self.embeddings, self._starts, axis=0))
+        return self._templates
+
+    def identify(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Open-set identification: (person (Q,) object, cosine (Q,), score (Q,) 0-100) of the best person.
+
+        A person is matched by their template (mean of their enrolled faces: rank-1 0.975
+        against 0.969 for the nearest face on pins105, 79 people x 2 photos), and the score is
+        ``open_set_score`` for the number of people searched. ``search`` keeps the pairwise
+        nearest-face scores (what ``faces search`` shows)."""
+        q = l2_normalize(np.asarray(queries, np.float32).reshape(-1, EMBED_DIM))
+        tmpl = self.templates()
+        if len(tmpl) == 0:
+            return np.full(len(q), None, object), np.zeros(len(q), np.float32), np.zeros(len(q), np.float32)
+        sims = np.einsum("qd,pd->qp", q, tmpl) if len(q) <= SMALL_QUERY else q @ tmpl.T
+        best = sims.argmax(1)
+        cos = sims[np.arange(len(q)), best]
+        return self.persons[best], cos.astype(np.float32), np.asarray(open_set_score(cos, len(tmpl)), np.float32)
 
     def search(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` people for each query, best first: ids (Q, k') object, scores (Q, k') 0-100.
@@ -241,8 +304,8 @@ def _aggregates(track_embeddings: Mapping[int, np.ndarray],
 def identify_tracks(track_embeddings: Mapping[int, np.ndarray], gallery: Gallery,
                     threshold: float = DEFAULT_MATCH_THRESHOLD,
                     qualities: Mapping[int, np.ndarray] | None = None) -> dict[int, tuple[str | None, float]]:
-    """Per track: (person, score) when its aggregated embedding scores >= ``threshold``
-    against the gallery, else (None, best score). Tracks with no embeddings are left out.
+    """Per track: (person, score) when its aggregated embedding's open-set score
+    (``Gallery.identify``) is >= ``threshold``, else (None, best score). Tracks with no embeddings are left out.
 
     ``track_embeddings[t]``: (n_t, 128) unit embeddings of the track's best crops;
     ``qualities[t]``: (n_t,) their 0..1 quality, used as weights (uniform if absent).
@@ -250,14 +313,14 @@ def identify_tracks(track_embeddings: Mapping[int, np.ndarray], gallery: Gallery
     tracks, agg = _aggregates(track_embeddings, qualities)
     if not tracks:
         return {}
-    ids, scores = gallery.search(agg, k=1)
+    ids, _, scores = gallery.identify(agg)
     out: dict[int, tuple[str | None, float]] = {}
     for i, t in enumerate(tracks):
-        if ids.shape[1] == 0:
+        if ids[i] is None:
             out[t] = (None, 0.0)
             continue
-        score = float(scores[i, 0])
-        out[t] = (str(ids[i, 0]) if score >= threshold else None, score)
+        score = float(scores[i])
+        out[t] = (str(ids[i]) if score >= threshold else None, score)
     return out
 
 
@@ -352,23 +415,76 @@ def label_tracks(track_embeddings: Mapping[int, np.ndarray], gallery: Gallery | 
     return out
 
 
+def two_groups(embeddings: np.ndarray, min_cos: float, min_size: int = 1) -> np.ndarray | None:
+    """0/1 labels when a track's unit embeddings form two people, else None.
+
+    2-means on cosine, seeded with the least similar pair. The split is kept only when
+    each group has ``min_size`` faces, each group holds together (its mean pairwise cosine
+    >= ``min_cos``) and the groups do not (their mean cross cosine < ``min_cos``): the
+    same test, on the same calibrated scale, as merging anonymous tracks (score 70,
+    cosine 0.42: above the impostor 99.9th percentile 0.39, while faces of one person in
+    one video are typically 0.6-0.9 apart), so a split part is never merged back. A group
+    of one face (a track that reached another person just before it ended: only one of
+    their faces was embedded) must be the first or the last row (rows in time order), be
+    under ``min_cos`` to every other face, and the rest needs at least two faces: a lone
+    odd face in the middle of a track is more likely a poor crop than another person.
+    """
+    e = l2_normalize(np.asarray(embeddings, np.float32).reshape(-1, EMBED_DIM))
+    n = len(e)
+    if n < max(3, 2 * min_size):
+        return None
+    sims = e @ e.T
+    i, j = np.unravel_index(np.argmin(sims), sims.shape)
+    lab = (sims[:, j] > sims[:, i]).astype(np.int8)
+    for _ in range(20):
+        if lab.min() == lab.max():
+            return None
+        c0, c1 = l2_normalize(e[lab == 0].mean(0)), l2_normalize(e[lab == 1].mean(0))
+        new = (e @ c1 > e @ c0).astype(np.int8)
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    a, b = lab == 0, lab == 1
+    if a.sum() < min_size or b.sum() < min_size:
+        return None
+    if min(a.sum(), b.sum()) == 1:
+        lone = int(np.flatnonzero(a if a.sum() == 1 else b)[0])
+        if lone not in (0, n - 1) or sims[a][:, b].max() >= min_cos:
+            return None  # a lone face must end the track and be unlike every other face of it
+    def within(m: np.ndarray) -> float:  # mean pairwise cosine inside a group
+        k = int(m.sum())
+        return 1.0 if k == 1 else float((sims[m][:, m].sum() - k) / (k * (k - 1)))
+
+    if sims[a][:, b].mean() >= min_cos or within(a) < min_cos or within(b) < min_cos:
+        return None
+    return lab
+
+
 @dataclass
 class TrackBank:
     """Keeps each track's ``per_track`` best-quality faces as embeddings, for the end of a run.
 
     Feed it every frame (``add``); a crop is aligned and embedded only when it enters
-    its track's top-N (batched, ``flush`` every ``batch`` pending crops), so memory is
-    ``tracks x per_track x 512 bytes`` however long the video.
+    its track's top-N (batched, ``flush`` every ``batch`` pending crops), or when it is
+    the track's 1st, (1 + ``sample_every``)th, ... face: these samples, spread over the
+    track's life, let ``resolve_split`` see a track that went from one person to another
+    (``two_groups``) and split it before it is named. Memory is ``tracks x (per_track +
+    faces / sample_every) x 512 bytes``.
     """
 
     per_track: int = 5
     batch: int = 32
     embedder: Embedder | None = None
+    sample_every: int = 8  # 0: no samples (best-N only, no splitting of long tracks)
     _best: dict[int, list] = field(default_factory=dict)  # track -> min-heap of (quality, seq, slot)
     _emb: dict[int, np.ndarray] = field(default_factory=dict)  # slot -> embedding
     _pending: list = field(default_factory=list)  # (slot, crop)
     _seq: int = 0
     _frames: dict[int, set] = field(default_factory=dict)  # track -> frame indices seen
+    _count: dict[int, int] = field(default_factory=dict)  # track -> faces offered
+    _samples: dict[int, list] = field(default_factory=dict)  # track -> sample slots
+    _sample_slots: set = field(default_factory=set)
+    _slot_info: dict[int, tuple] = field(default_factory=dict)  # slot -> (frame index or None, quality)
 
     def add(self, image: np.ndarray, faces: Faces, frame_index: int | None = None) -> None:
         """Offer one frame's tracked faces (``faces.track_ids`` set; ``faces.quality`` as the
@@ -396,20 +512,32 @@ class TrackBank:
             return
         if frame_index is not None:
             self._frames.setdefault(t, set()).add(frame_index)
+        n = self._count.get(t, 0)
+        self._count[t] = n + 1
+        sample = self.sample_every > 0 and n % self.sample_every == 0
         heap = self._best.setdefault(t, [])
-        if len(heap) >= self.per_track and q <= heap[0][0]:
+        enters = len(heap) < self.per_track or q > heap[0][0]
+        if not enters and not sample:
             return
         self._seq += 1
         slot = self._seq
-        if len(heap) >= self.per_track:
-            _, _, old = heapq.heapreplace(heap, (q, slot, slot))
-            self._drop(old)
-        else:
-            heapq.heappush(heap, (q, slot, slot))
+        self._slot_info[slot] = (frame_index, q)
+        if sample:
+            self._samples.setdefault(t, []).append(slot)
+            self._sample_slots.add(slot)
+        if enters:
+            if len(heap) >= self.per_track:
+                _, _, old = heapq.heapreplace(heap, (q, slot, slot))
+                self._drop(old)
+            else:
+                heapq.heappush(heap, (q, slot, slot))
         self._pending.append((slot, make_crop()))
 
     def _drop(self, slot: int) -> None:
+        if slot in self._sample_slots:
+            return  # still needed as a sample
         self._emb.pop(slot, None)
+        self._slot_info.pop(slot, None)
         self._pending = [(s, c) for s, c in self._pending if s != slot]
 
     def flush(self) -> None:
@@ -421,7 +549,7 @@ class TrackBank:
         self._pending = []
 
     def embeddings(self) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
-        """({track: (n, 128) embeddings}, {track: (n,) qualities}) of the kept faces."""
+        """({track: (n, 128) embeddings}, {track: (n,) qualities}) of the kept best faces."""
         self.flush()
         embs, quals = {}, {}
         for t, heap in self._best.items():
@@ -432,14 +560,123 @@ class TrackBank:
 
     def cannot_link(self) -> set[tuple[int, int]]:
         """Pairs of tracks seen in a common frame (needs ``frame_index`` in ``add``)."""
-        by_frame: dict[int, list[int]] = {}
-        for t, frames in self._frames.items():
-            for f in frames:
-                by_frame.setdefault(f, []).append(t)
-        return {(a, b) for ts in by_frame.values() for a in ts for b in ts if a < b}
+        return _cannot_link(self._frames)
+
+    def split_tracks(self, threshold: float = DEFAULT_CLUSTER_THRESHOLD) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """{track: (frame of each embedded face, sorted; part id of each)} for tracks whose
+        embedded faces (best-N and samples) form two or more people (``two_groups``, applied
+        again to each part). The part with the track's first embedded face keeps the track's
+        id; the others get new ids above every id seen. Tracks seen without frame indices are
+        never split."""
+        self.flush()
+        min_cos = score_to_similarity(threshold)
+        next_id = max(self._best, default=-1) + 1
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for t in sorted(self._best):
+            slots = sorted({s for _, _, s in self._best[t]} | set(self._samples.get(t, [])),
+                           key=lambda s: (self._slot_info[s][0] if self._slot_info[s][0] is not None else -1, s))
+            frames = [self._slot_info[s][0] for s in slots]
+            if len(slots) < 4 or any(f is None for f in frames) or t not in self._frames:
+                continue
+            parts = _split_recursive(np.stack([self._emb[s] for s in slots]), min_cos)
+            if parts.max() == 0:
+                continue
+            order = list(dict.fromkeys(parts.tolist()))  # in order of each part's first face
+            ids = {p: (t if k == 0 else next_id + k - 1) for k, p in enumerate(order)}
+            next_id += len(order) - 1
+            out[t] = (np.array(frames, np.int64), np.array([ids[int(p)] for p in parts], np.int64))
+        return out
+
+    def resolve_split(self, gallery: Gallery | None = None, threshold: float = DEFAULT_MATCH_THRESHOLD,
+                      cluster_threshold: float | None = None
+                      ) -> tuple[dict[int, tuple[str, float | None]], dict[int, dict[int, int]]]:
+        """(labels, moves): split tracks that hold two people (``split_tracks``), then name
+        every track and part (``label_tracks``). ``moves`` is {track: {frame index: new
+        track id}}: the caller re-labels those frames' rows with the new track id before
+        applying ``labels`` ({track: (person or unknown-<n>, score)}).
+
+        A frame goes to the part of the embedded faces around it; a frame between faces of
+        two parts (where the change happened, at most ``sample_every`` faces) goes to the
+        part without an enrolled name if only one has one, so a name never lands on the
+        other person's faces; otherwise to the nearer face's part."""
+        ct = DEFAULT_CLUSTER_THRESHOLD if cluster_threshold is None else cluster_threshold
+        split = self.split_tracks(ct) if self.sample_every > 0 else {}
+        embs, quals = self.embeddings()
+        frames = {t: set(f) for t, f in self._frames.items()}
+        for t, (face_frames, parts) in split.items():
+            slots = {s for _, _, s in self._best[t]} | set(self._samples.get(t, []))
+            part_of = dict(zip(face_frames.tolist(), parts.tolist()))
+            by_part: dict[int, list[int]] = {}
+            for s in slots:
+                by_part.setdefault(part_of[self._slot_info[s][0]], []).append(s)
+            for part, ss in by_part.items():
+                ss = sorted(ss, key=lambda s: -self._slot_info[s][1])[:self.per_track]
+                embs[part] = np.stack([self._emb[s] for s in ss])
+                quals[part] = np.array([self._slot_info[s][1] for s in ss], np.float32)
+            for f, part in _assign_frames(self._frames[t], face_frames, parts).items():
+                frames[t].discard(f)
+                frames.setdefault(part, set()).add(f)
+        labels = label_tracks(embs, gallery, threshold, quals, _cannot_link(frames), cluster_threshold)
+        named = set(gallery.persons.tolist()) if gallery is not None else set()
+        is_named = lambda p: labels.get(p, ("",))[0] in named  # noqa: E731
+
+        def prefer(before: int, after: int) -> int | None:
+            if is_named(before) != is_named(after):
+                return after if is_named(before) else before
+            return None
+
+        moves = {t: _assign_frames(self._frames[t], face_frames, parts, prefer)
+                 for t, (face_frames, parts) in split.items()}
+        return labels, moves
 
     def resolve(self, gallery: Gallery | None = None, threshold: float = DEFAULT_MATCH_THRESHOLD,
                 cluster_threshold: float | None = None) -> dict[int, tuple[str, float | None]]:
-        """{track: (person or unknown-<n>, score)} for every track seen (``label_tracks``)."""
-        embs, quals = self.embeddings()
-        return label_tracks(embs, gallery, threshold, quals, self.cannot_link(), cluster_threshold)
+        """{track: (person or unknown-<n>, score)} for every track seen (``label_tracks``), after
+        ``split_tracks``; the moved frames are in ``resolve_split``'s second value."""
+        return self.resolve_split(gallery, threshold, cluster_threshold)[0]
+
+
+def _split_recursive(e: np.ndarray, min_cos: float, depth: int = 3) -> np.ndarray:
+    """Part labels 0..K-1 of rows of ``e`` (all 0 when ``two_groups`` finds nothing)."""
+    lab = two_groups(e, min_cos) if depth > 0 else None
+    if lab is None:
+        return np.zeros(len(e), np.int64)
+    out = np.zeros(len(e), np.int64)
+    k = 0
+    for g in (0, 1):
+        idx = np.flatnonzero(lab == g)
+        sub = _split_recursive(e[idx], min_cos, depth - 1)
+        out[idx] = sub + k
+        k += int(sub.max()) + 1
+    return out
+
+
+def _assign_frames(frames: Iterable[int], face_frames: np.ndarray, parts: np.ndarray,
+                   prefer=None) -> dict[int, int]:
+    """{frame: part} for the frames of a split track that leave its first part (``parts[0]``).
+    ``face_frames`` (sorted) and ``parts``: the embedded faces; a frame between faces of two
+    parts goes to ``prefer(part before, part after)`` when that says, else to the nearer face."""
+    keep = int(parts[0])
+    out = {}
+    for f in sorted(frames):
+        i = int(np.searchsorted(face_frames, f, side="right"))  # faces at <= f: [:i]
+        before = int(parts[i - 1]) if i > 0 else None
+        j = int(np.searchsorted(face_frames, f, side="left"))  # faces at >= f: [j:]
+        after = int(parts[j]) if j < len(parts) else None
+        if before is None or after is None or before == after:
+            p = after if before is None else before
+        else:
+            p = prefer(before, after) if prefer is not None else None
+            if p is None:
+                p = before if f - face_frames[i - 1] <= face_frames[j] - f else after
+        if p != keep:
+            out[f] = p
+    return out
+
+
+def _cannot_link(frames: Mapping[int, set]) -> set[tuple[int, int]]:
+    by_frame: dict[int, list[int]] = {}
+    for t, fs in frames.items():
+        for f in fs:
+            by_frame.setdefault(f, []).append(t)
+    return {(a, b) for ts in by_frame.values() for a in ts for b in ts if a < b}

@@ -122,8 +122,9 @@ def export_tables(out: Path, observations: Iterable[dict], models: dict, sample_
                 acc.add(o)
                 r = record(o)
                 w.writerow(r)
-                f_jsonl.write(json.dumps({**r, "landmarks": o.get("landmarks"), "score": round(o["score"], 4),
-                                          "models": models}, separators=(",", ":")) + "\n")
+                f_jsonl.write(json.dumps({**r, "shot": o.get("shot", 0), "landmarks": o.get("landmarks"),
+                                          "score": round(o["score"], 4), "models": models},
+                                         separators=(",", ":")) + "\n")
         atomic_write(paths["records.jsonl"], write_jsonl_rows)
 
     atomic_write(paths["records.csv"], write_both)
