@@ -54,7 +54,8 @@ def lock_temp(f) -> None:
             pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (True when it cannot be told)."""
     if pid <= 0:
         return True  # not a process id: leave the file alone
     try:
@@ -101,7 +102,7 @@ def clean_stale_temps(folder: Path) -> list[Path]:
         if not m:
             continue
         try:
-            if not entry.is_file(follow_symlinks=False) or _pid_alive(int(m.group(1))):
+            if not entry.is_file(follow_symlinks=False) or pid_alive(int(m.group(1))):
                 continue
         except OSError:
             continue

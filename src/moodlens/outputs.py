@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from moodlens.atomic import pid_alive
 from moodlens.errors import MoodlensError
 
 OUTPUT_NAMES = ("records.csv", "records.jsonl", "summary.csv", "report.html", "emoji.mp4")
@@ -25,22 +26,12 @@ OUTPUT_NAMES = ("records.csv", "records.jsonl", "summary.csv", "report.html", "e
 _STAGE_PREFIX = ".moodlens-stage."
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def _remove_dead_stages(out: Path) -> None:
     """Staging folders of processes that no longer exist (killed mid-write)."""
     with contextlib.suppress(OSError):
         for p in out.glob(f"{_STAGE_PREFIX}*.tmp"):
             pid = p.name.removeprefix(_STAGE_PREFIX).removesuffix(".tmp")
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
 
 

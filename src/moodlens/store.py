@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from moodlens import migrations
+from moodlens.atomic import pid_alive
 from moodlens.errors import MoodlensError, NotFoundError
 from moodlens.types import EMOTIONS
 
@@ -269,13 +270,7 @@ def _alive(host: str | None, pid: int | None) -> bool:
     """Whether the recorded writer of a running analysis still exists (same host only)."""
     if host != socket.gethostname() or pid is None:
         return True  # cannot tell from here; trust it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def bulk(rows: Iterable[dict], size: int = 500) -> Iterable[list[dict]]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 
+from moodlens.atomic import pid_alive
 from moodlens.errors import MoodlensError, NotFoundError
 from moodlens.service.tables import CANCELLED, COMPLETE, FAILED, JOB_STATUSES, QUEUED, RUNNING, JobRow
 from moodlens.store import INTERRUPTED, Store
@@ -235,13 +236,7 @@ def server_alive(worker: str) -> bool:
     host, _, pid = worker.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return host != socket.gethostname()
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(int(pid))
 
 
 __all__ = ["CANCELLED", "COMPLETE", "Claimed", "FAILED", "JobQueue", "JobStateError", "QUEUED", "RUNNING",
