@@ -29,20 +29,25 @@ def default_out(analysis) -> Path:
 
 
 # -- the work, shared by analyze and the commands ------------------------------------------
-def render_analysis(analysis, out: Path, blur_unknown: bool = False, label: str = "emoji video") -> Path:
-    """emoji.mp4 for a loaded analysis (the video must still be where it was analysed)."""
+def render_analysis(analysis, out: Path, blur_unknown: bool = False, label: str = "emoji video",
+                    progress=None) -> Path:
+    """emoji.mp4 for a loaded analysis (the video must still be where it was analysed).
+    ``progress(done, total)`` replaces the terminal's bar (a service job reports to its row)."""
     from moodlens.reports.emoji import render_emoji_video
 
     video = Path(analysis.video)
     if not video.is_file():
         raise MediaError(f"{video}: the analysed video is no longer there; cannot render analysis {analysis.id}")
     fps = (analysis.params or {}).get("fps")
+
+    def render(report) -> Path:
+        return render_emoji_video(video, analysis.iter_observations(), out, blur_unknown=blur_unknown,
+                                  sample_interval_s=1.0 / fps if fps else None, progress=report)
+    if progress is not None:
+        return render(progress)
     with progress_bar() as bar:
         task = bar.add_task(label, total=1.0)
-        return render_emoji_video(video, analysis.iter_observations(), out, blur_unknown=blur_unknown,
-                                  sample_interval_s=1.0 / fps if fps else None,
-                                  progress=lambda done, total: bar.update(
-                                      task, completed=min(done / total, 1.0) if total else 0))
+        return render(lambda done, total: bar.update(task, completed=min(done / total, 1.0) if total else 0))
 
 
 def report_analysis(analysis, out: Path, keep_faces: bool = False) -> Path:

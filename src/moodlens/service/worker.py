@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from moodlens.errors import Cancelled, MediaError, MoodlensError
+from moodlens.errors import Cancelled, MoodlensError
 from moodlens.service.jobs import CANCELLED, JobQueue
 from moodlens.store import FAILED, INTERRUPTED, Store
 
@@ -119,17 +119,12 @@ class _Tracker:
 
 def _emoji_video(result, out: Path, blur_unknown: bool, tr: _Tracker) -> None:
     """emoji.mp4 into ``out``, reporting progress (and so noticing a cancel) as it renders."""
+    from moodlens.cli_reports import render_analysis
     from moodlens.outputs import staged
-    from moodlens.reports.emoji import render_emoji_video
 
-    video = Path(result.video)
-    if not video.is_file():
-        raise MediaError(f"{video.name}: the analysed video is no longer there; cannot render the emoji video")
-    fps = (result.params or {}).get("fps")
     with staged(out) as stage:
-        render_emoji_video(video, result.iter_observations(), stage / "emoji.mp4", blur_unknown=blur_unknown,
-                           sample_interval_s=1.0 / fps if fps else None,
-                           progress=lambda done, total: tr.report(done / total if total else 0.0))
+        render_analysis(result, stage / "emoji.mp4", blur_unknown,
+                        progress=lambda done, total: tr.report(done / total if total else 0.0))
 
 
 def run_job(db: str, job_id: int, attempt: int, data_dir: str) -> int | None:
