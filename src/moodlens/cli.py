@@ -214,6 +214,7 @@ def eval_emotion(
     out_console.print(cm)
 
 
+from moodlens.cli_edge import register as _register_edge  # noqa: E402
 from moodlens.cli_faces import EVAL_IDENTITY_EPILOG, eval_identity, faces_app  # noqa: E402
 from moodlens.cli_reports import register as _register_reports  # noqa: E402
 from moodlens.cli_serve import register as _register_serve  # noqa: E402
@@ -224,6 +225,7 @@ app.add_typer(train_app, name="train")
 eval_app.command("identity", epilog=EVAL_IDENTITY_EPILOG)(eval_identity)
 _register_reports(app)
 _register_serve(app)
+_register_edge(app)
 
 
 def main() -> None:  # pragma: no cover

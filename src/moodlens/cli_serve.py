@@ -58,6 +58,8 @@ def serve(
                                               "it is queued again.", min=0)] = 10.0,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without tokens "
                                                               "(anyone who can reach it can do anything).")] = False,
+    live_idle: Annotated[float, typer.Option(help="Close a live session (its analysis complete) after this many "
+                                                  "seconds without a batch.", min=1)] = 300.0,
 ):
     """Run the service: upload or drop videos, jobs analyse them, a console and an API show them."""
     import uvicorn
@@ -82,7 +84,7 @@ def serve(
     _Server = _uvicorn_server()
     config = ServeConfig(db=db, data_dir=data_dir.resolve(), workers=workers, max_upload_mb=max_upload_mb,
                          watch=watch.expanduser().resolve() if watch else None, grace_s=grace, loopback=loopback,
-                         insecure=insecure)
+                         insecure=insecure, live_idle_s=live_idle)
     app = create_app(config)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -136,29 +136,47 @@ class Analysis:
 
 
 class FaceStage:
-    """Per-frame work: faces with crops, quality and emotion probabilities (no state)."""
+    """Per-frame work: faces with crops, quality and emotion probabilities (no state).
 
-    def __init__(self, classifier: EmotionClassifier, options: Options):
+    :meth:`geometry` is the part without the emotion model (detect, align, quality): what
+    an edge camera runs before it sends crops; ``classifier`` may then be a model card
+    (only its input size and template are used).
+    """
+
+    def __init__(self, classifier, options: Options):
         self.classifier = classifier
         self.options = options
+        self.size = getattr(classifier, "size", None) or classifier.input_size
+        self.template = np.asarray(classifier.template, np.float32)
         self.timings = {"detect": 0.0, "emotion": 0.0}
 
-    def __call__(self, frame: Frame) -> Faces:
+    def geometry(self, frame: Frame) -> Faces:
+        """Faces with boxes, landmarks, scores, aligned colour crops and quality; no emotions."""
         t0 = time.perf_counter()
         faces = detect_faces(frame.image, **self.options.detect_kwargs())
+        if len(faces):
+            crops = align_batch(frame.image, faces.landmarks, self.size, self.template)
+            faces = faces.with_(crops=crops, quality=face_quality(frame.image, faces))
+        else:
+            faces = faces.with_(quality=np.zeros(0, np.float32))
+        self.timings["detect"] += time.perf_counter() - t0
+        return faces
+
+    def __call__(self, frame: Frame) -> Faces:
+        faces = self.geometry(frame)
         t1 = time.perf_counter()
         if len(faces):
-            crops = align_batch(frame.image, faces.landmarks, self.classifier.size, self.classifier.template)
-            faces = faces.with_(crops=crops)
-            grey = crops @ np.array([0.114, 0.587, 0.299], np.float32)  # BGR -> luma, as cv2
-            faces = faces.with_(quality=face_quality(frame.image, faces),
-                                emotions=self.classifier.predict(np.clip(grey + 0.5, 0, 255).astype(np.uint8)))
+            faces = faces.with_(emotions=self.classifier.predict(grey_crops(faces.crops)))
         else:
-            faces = faces.with_(quality=np.zeros(0, np.float32), emotions=np.zeros((0, len(EMOTIONS)), np.float32))
-        t2 = time.perf_counter()
-        self.timings["detect"] += t1 - t0
-        self.timings["emotion"] += t2 - t1
+            faces = faces.with_(emotions=np.zeros((0, len(EMOTIONS)), np.float32))
+        self.timings["emotion"] += time.perf_counter() - t1
         return faces
+
+
+def grey_crops(crops: np.ndarray) -> np.ndarray:
+    """The emotion model's grey uint8 input (N, S, S) of aligned BGR crops (rounded luma, as cv2)."""
+    grey = np.asarray(crops) @ np.array([0.114, 0.587, 0.299], np.float32)
+    return np.clip(grey + 0.5, 0, 255).astype(np.uint8)
 
 
 def observation_rows(stem: str, frame: Frame, faces: Faces, shot: int = 0) -> list[dict]:
@@ -375,4 +393,4 @@ def load_analysis(analysis_id: int, db: str = DEFAULT_DB) -> Analysis:
     return Analysis.from_row(store.complete_analysis(analysis_id), store)
 
 
-__all__ = ["Analysis", "Options", "analyze", "load_analysis", "observation_rows", "bulk"]
+__all__ = ["Analysis", "FaceStage", "Options", "analyze", "grey_crops", "load_analysis", "observation_rows", "bulk"]

@@ -31,6 +31,7 @@ from moodlens.types import EMOTIONS
 
 DEFAULT_DB = "sqlite:///moodlens.db"
 RUNNING, COMPLETE, FAILED, INTERRUPTED = "running", "complete", "failed", "interrupted"
+LIVE = "live"  # an edge session's analysis, filling as batches arrive; complete when the session closes
 
 
 def _password(url: object) -> str | None:
@@ -174,10 +175,10 @@ class Store:
 
     # -- analyses -------------------------------------------------------------
     def create_analysis(self, video: str, params: dict, models: dict, video_info: dict,
-                        video_sha256: str | None = None) -> int:
+                        video_sha256: str | None = None, status: str = RUNNING) -> int:
         with self.session() as s, s.begin():
             row = AnalysisRow(video=video, video_sha256=video_sha256, params=params, models=models,
-                              video_info=video_info, status=RUNNING, host=socket.gethostname(), pid=os.getpid())
+                              video_info=video_info, status=status, host=socket.gethostname(), pid=os.getpid())
             s.add(row)
             s.flush()
             return row.id

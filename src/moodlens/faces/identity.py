@@ -507,7 +507,14 @@ class TrackBank:
         if len(self._pending) >= self.batch:
             self.flush()
 
-    def _offer(self, t: int, q: float, make_crop, frame_index: int | None) -> None:
+    def add_embeddings(self, track_ids: Sequence[int], embeddings: np.ndarray, quality: Sequence[float],
+                       frame_index: int | None = None) -> None:
+        """Same as ``add`` for faces already embedded (a live session's stored embeddings, made
+        as batches arrived): the kept faces and everything resolved from them are the same."""
+        for t, e, q in zip(track_ids, embeddings, quality):
+            self._offer(int(t), float(q), None, frame_index, embedding=np.asarray(e, np.float32))
+
+    def _offer(self, t: int, q: float, make_crop, frame_index: int | None, embedding=None) -> None:
         if t < 0:
             return
         if frame_index is not None:
@@ -531,7 +538,10 @@ class TrackBank:
                 self._drop(old)
             else:
                 heapq.heappush(heap, (q, slot, slot))
-        self._pending.append((slot, make_crop()))
+        if embedding is not None:
+            self._emb[slot] = embedding
+        else:
+            self._pending.append((slot, make_crop()))
 
     def _drop(self, slot: int) -> None:
         if slot in self._sample_slots:

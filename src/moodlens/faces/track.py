@@ -52,16 +52,33 @@ def appearance_features(crops: np.ndarray) -> np.ndarray:
     crops = np.asarray(crops)
     if len(crops) == 0:
         return np.zeros((0, 320), np.float32)
-    out = np.empty((len(crops), 320), np.float64)
+    grey = [crop if crop.ndim == 2 else cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) for crop in crops]
+    return combine_features(thumbnail_features(grey), colour_histograms(crops))
+
+
+def thumbnail_features(grey) -> np.ndarray:
+    """The layout half of :func:`appearance_features`: (N, 256) unit standardised 16x16 thumbnails."""
+    out = np.empty((len(grey), 256), np.float64)
+    for i, g in enumerate(grey):
+        t = cv2.resize(np.asarray(g), (16, 16), interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
+        out[i] = _unit((t - t.mean()) / (t.std() + 1e-6))
+    return out
+
+
+def colour_histograms(crops) -> np.ndarray:
+    """The colour half of :func:`appearance_features`: (N, 64) unit square-rooted 4x4x4 BGR histograms.
+    An edge camera sends this beside a grey crop (64 numbers, no image)."""
+    out = np.empty((len(crops), 64), np.float64)
     for i, crop in enumerate(crops):
-        grey = crop if crop.ndim == 2 else cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
-        t = cv2.resize(grey, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
-        t = (t - t.mean()) / (t.std() + 1e-6)
         colour = crop if crop.ndim == 3 else cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
-        h = cv2.calcHist([colour], [0, 1, 2], None, [4, 4, 4], [0, 256] * 3).ravel()
-        out[i, :256] = _unit(t)
-        out[i, 256:] = _unit(np.sqrt(h))
-    return (out / np.sqrt(2.0)).astype(np.float32)
+        out[i] = _unit(np.sqrt(cv2.calcHist([colour], [0, 1, 2], None, [4, 4, 4], [0, 256] * 3).ravel()))
+    return out
+
+
+def combine_features(thumbnails: np.ndarray, histograms: np.ndarray) -> np.ndarray:
+    """(N, 320) float32 descriptors from their two unit halves, equally weighted."""
+    return (np.hstack([np.asarray(thumbnails, np.float64).reshape(-1, 256),
+                       np.asarray(histograms, np.float64).reshape(-1, 64)]) / np.sqrt(2.0)).astype(np.float32)
 
 
 @dataclass
@@ -110,6 +127,37 @@ class Tracker:
         self.max_appearance_dist = max_appearance_dist
         self.tracks: list[_Track] = []
         self._next_id = 0
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything ``update`` depends on, as arrays (``np.savez``-able, no pickle), so a live
+        session's tracker survives a server restart exactly (:meth:`from_state`)."""
+        n = len(self.tracks)
+        feats = [t.feature for t in self.tracks]
+        dim = next((f.shape[0] for f in feats if f is not None), 0)
+        return {"next_id": np.array(self._next_id, np.int64),
+                "ids": np.array([t.id for t in self.tracks], np.int64).reshape(n),
+                "boxes": np.array([t.box for t in self.tracks], np.float64).reshape(n, 4),
+                "velocity": np.array([t.velocity for t in self.tracks], np.float64).reshape(n, 4),
+                "missed": np.array([t.missed for t in self.tracks], np.int64).reshape(n),
+                "hits": np.array([t.hits for t in self.tracks], np.int64).reshape(n),
+                "has_feature": np.array([f is not None for f in feats], bool).reshape(n),
+                "features": np.array([f if f is not None else np.zeros(dim) for f in feats],
+                                     np.float64).reshape(n, dim),
+                "params": np.array([self.max_missed, self.min_iou, self.appearance_weight,
+                                    self.max_appearance_dist], np.float64)}
+
+    @classmethod
+    def from_state(cls, state) -> "Tracker":
+        p = np.asarray(state["params"], np.float64)
+        tracker = cls(max_missed=int(p[0]), min_iou=float(p[1]), appearance_weight=float(p[2]),
+                      max_appearance_dist=float(p[3]))
+        tracker._next_id = int(state["next_id"])
+        tracker.tracks = [
+            _Track(int(i), np.array(b, np.float64), np.array(v, np.float64), np.array(f, np.float64) if h else None,
+                   int(m), int(k))
+            for i, b, v, f, h, m, k in zip(state["ids"], state["boxes"], state["velocity"], state["features"],
+                                           state["has_feature"], state["missed"], state["hits"])]
+        return tracker
 
     def cut(self) -> None:
         """A shot boundary: every live track ends, so the next faces start fresh tracks (ids go on

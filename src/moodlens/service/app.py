@@ -51,6 +51,7 @@ class ServeConfig:
     grace_s: float = 10.0
     loopback: bool = True  # bound to loopback: without tokens, no login needed
     insecure: bool = False  # --insecure: no tokens needed even off loopback
+    live_idle_s: float = 300.0  # a live session with no batch for this long is closed (its analysis complete)
 
 
 # -- typed boundaries ----------------------------------------------------------------------
@@ -176,9 +177,12 @@ def _offline_docs(app: FastAPI) -> None:
 def create_app(config: ServeConfig, executor=None) -> FastAPI:
     from moodlens.service.dispatch import Dispatcher
 
+    from moodlens.service.live import LiveIngest
+
     store = Store(config.db)
     queue = JobQueue(store)
-    metrics = Metrics(queue)
+    live = LiveIngest(store, idle_timeout_s=config.live_idle_s)
+    metrics = Metrics(queue, live)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     uploads = config.data_dir / "uploads"
     state: dict[str, Any] = {"tokens_checked": 0.0, "tokens": False}
@@ -198,6 +202,7 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
         dispatcher = Dispatcher(queue, ex, config.db, str(config.data_dir), on_done=on_done)
         app.state.dispatcher = dispatcher
         dispatcher.start()
+        live.start()
         watcher = None
         if config.watch is not None:
             from moodlens.service.watch import Watcher
@@ -211,6 +216,7 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
             if watcher is not None:
                 watcher.stop()
             await run_in_threadpool(dispatcher.stop, config.grace_s)
+            await run_in_threadpool(live.stop)
             log.info("moodlens stopped")
 
     app = FastAPI(title="moodlens", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -219,6 +225,7 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
                               "<token>` once tokens exist (`moodlens tokens create`).")
     _offline_docs(app)
     app.state.config, app.state.store, app.state.queue, app.state.metrics = config, store, queue, metrics
+    app.state.live = live
 
     # -- auth -----------------------------------------------------------------------------
     def tokens_exist() -> bool:
@@ -485,6 +492,8 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
         return Response(status_code=204)
 
     from moodlens.service.console import register_console
+    from moodlens.service.live_api import register_live
+    register_live(app)
     register_console(app)
     return app
 

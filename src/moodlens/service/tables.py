@@ -1,7 +1,7 @@
-"""The service's tables: jobs (the queue and its history) and API tokens.
+"""The service's tables: jobs (the queue and its history), API tokens, and live sessions.
 
 Both live on the store's ``Base``, beside analyses, and are created by the migrations
-(revision 0003). A job's ``analysis_id`` points at the analysis its last attempt made.
+(revisions 0003 and 0005). A job's ``analysis_id`` points at the analysis its last attempt made.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from moodlens.store import Base
@@ -61,3 +62,63 @@ class TokenRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+LIVE, CLOSED = "live", "closed"
+
+
+class LiveSessionRow(Base):
+    """One (device, session) stream of an edge camera and the live analysis it fills.
+
+    ``tracker`` is the server-side tracker's state after the last batch (``np.savez``
+    bytes), written in the batch's own transaction: a server killed at any moment resumes
+    the session exactly where its last committed batch left it.
+    """
+
+    __tablename__ = "live_sessions"
+    __table_args__ = (UniqueConstraint("device", "name", name="uq_live_sessions_device_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), index=True, default=LIVE)  # live | closed
+    analysis_id: Mapped[int | None] = mapped_column(ForeignKey("analyses.id", ondelete="SET NULL"), index=True)
+    part: Mapped[int] = mapped_column(Integer, default=1)  # analyses made by this session (a late batch reopens it)
+    mode: Mapped[str] = mapped_column(String(16))  # crops | scores
+    collection: Mapped[str | None] = mapped_column(String(255))
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)  # source, fps, frame size, crop format, models
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the agent's counters from its latest batch
+    batches: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    frames: Mapped[int] = mapped_column(Integer, default=0)  # of the current analysis
+    faces: Mapped[int] = mapped_column(Integer, default=0)
+    shot: Mapped[int | None] = mapped_column(Integer)  # the last frame's shot (a change ends every track)
+    tracker: Mapped[bytes | None] = mapped_column(LargeBinary)
+    token_name: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    last_batch_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_captured_at: Mapped[float | None] = mapped_column(Float)  # epoch s of the newest frame on the device
+    closed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LiveBatchRow(Base):
+    """A batch taken: its key makes a resent batch a duplicate (exactly-once effect)."""
+
+    __tablename__ = "live_batches"
+    session_id: Mapped[int] = mapped_column(ForeignKey("live_sessions.id", ondelete="CASCADE"), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    frames: Mapped[int] = mapped_column(Integer)
+    faces: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LiveEmbeddingRow(Base):
+    """An SFace embedding of one live face (never the face): what names the tracks at the close."""
+
+    __tablename__ = "live_embeddings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
+    frame: Mapped[int] = mapped_column(Integer)
+    track: Mapped[int] = mapped_column(Integer)
+    quality: Mapped[float] = mapped_column(Float)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # 128 float32

@@ -1,0 +1,1 @@
+"""The camera side of live audiences: ``moodlens edge`` (agent, outbox) and the batch format."""
