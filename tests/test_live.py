@@ -33,7 +33,9 @@ from service_util import free_port, running_server, start_server, stop_server
 EDGE = [sys.executable, "-m", "moodlens.cli", "edge"]
 DEMO = ("video", "pyfeat", "WolfgangLanger_Pexels.mp4")
 CROWD = ("video", "facenet_pytorch", "video.mp4")
-JPEG_TOLERANCE = 8.0  # points (0-100): the most a face's score moved by the crop's JPEG q90 on the shared clips
+# What the crop's JPEG q90 explains (benchmarks/live_fidelity.py, 544 faces of 29 shared clips): a face's largest
+# class change is 0.63 points at the median, 3.64 at p99, 8.34 at most (0-100 scale); a clip's mean of it, ~1.
+JPEG_TOLERANCE = 10.0
 JPEG_MEAN_TOLERANCE = 1.5
 
 
@@ -229,12 +231,19 @@ def test_edge_survives_the_server_killed_midway(tmp_path):
         stop_server(server)
 
 
-def test_a_resent_batch_changes_nothing(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'srv' / 'moodlens.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def test_a_resent_batch_changes_nothing(tmp_path, any_db):
     """At-least-once from the agent, exactly-once in effect: the key (device, session, stream, seq)."""
     b = Batch("cam9", "dup", "st", 1, "scores", [FrameIn(0, 0.0, 0, time.time(), [
         _face(emotions=[0.5, 0.5, 0, 0, 0, 0, 0, 0], track=0)])], meta={"source": "x.mp4", "fps": 2.0})
     body = encode(b)
-    with running_server(tmp_path / "srv") as server, server.client() as c:
+    with running_server(tmp_path / "srv", db=any_db) as server, server.client() as c:
         headers = {"Content-Type": "application/vnd.moodlens.batch"}
         first = c.post("/api/live/batches", content=body, headers=headers).json()
         second = c.post("/api/live/batches", content=body, headers=headers).json()
@@ -358,3 +367,114 @@ def test_clear_errors(tmp_path):
         assert r.returncode == 2 and "refused the token" in r.stderr
         r = edge(str(path), "--token", viewer, server=server.url)
         assert r.returncode == 2 and "ingest role" in r.stderr
+
+
+def test_sigterm_closes_the_session_and_a_killed_agent_resumes(tmp_path):
+    """SIGTERM: the agent stops capturing, closes the session and flushes (exit 0). SIGKILL: the
+    next run with the same --buffer resumes the session where its outbox stopped."""
+    path = shared(*DEMO)
+    ref = _reference(str(path), str(tmp_path.parent))
+    with running_server(tmp_path / "srv") as server:
+        def start(buffer: str, session: str) -> subprocess.Popen:
+            return subprocess.Popen([*EDGE, str(path), "--server", server.url, "--buffer", str(tmp_path / buffer),
+                                     "--device-id", "cam1", "--session", session, "--realtime", "--json"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def wait_frames(name: str, n: int) -> None:
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(AssertionError):
+                    if _session(server, name)["frames"] >= n:
+                        return
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+
+        edge = start("b1", "term")
+        wait_frames("term", 6)
+        edge.send_signal(signal.SIGTERM)
+        out, err = edge.communicate(timeout=60)
+        assert edge.returncode == 0, err[-2000:]
+        summary = json.loads(out.strip().splitlines()[-1])
+        s = _session(server, "term")
+        assert s["status"] == "closed" and s["frames"] == summary["frames"] < 40
+        got = _live_rows(server, s["analysis_id"])
+        assert [(o["frame"], o["x"]) for o in got] == [(o["frame"], o["x"]) for o in ref][:len(got)]
+
+        edge = start("b2", "resumed")
+        wait_frames("resumed", 6)
+        edge.kill()
+        edge.wait(10)
+        assert _session(server, "resumed")["status"] == "live"
+        r = subprocess.run([*EDGE, str(path), "--server", server.url, "--buffer", str(tmp_path / "b2"),
+                            "--device-id", "cam1", "--json"], capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0 and "resuming session 'resumed'" in r.stderr, r.stderr[-2000:]
+        s = _session(server, "resumed")
+        assert s["status"] == "closed" and s["frames"] == 40  # each sampled frame once, none twice
+        got = _live_rows(server, s["analysis_id"])
+        assert sorted((o["frame"], o["x"]) for o in got) == sorted((o["frame"], o["x"]) for o in ref)
+
+
+def test_live_names_match_analyze_with_a_collection(tmp_path):
+    """A session naming a collection: 112 px crops go up, SFace embeddings (never images) are
+    stored, and at the close the tracks are named as ``analyze --collection`` names them."""
+    import cv2
+
+    from moodlens import media
+    from moodlens.collections import enroll
+    from moodlens.pipeline import analyze
+    from moodlens.store import Store
+
+    path = shared(*DEMO)
+    other = shared("identity", "bbt", "raj", "raj1.png")
+    frame = next(f for f in media.iter_frames(path, fps=1.0) if f.time_s >= 5)
+    photo = tmp_path / "wolfgang.png"
+    cv2.imwrite(str(photo), frame.image)
+    with running_server(tmp_path / "srv") as server:
+        store = Store(server.db)
+        enroll(store, "cast", "wolfgang", [photo])
+        enroll(store, "cast", "raj", [other])
+        ref = analyze(path, fps=2.0, db=server.db, collection="cast")  # the same collection
+        _edge(server.url, path, tmp_path / "buf", "--session", "named", "--collection", "cast")
+        s = _session(server, "named")
+        live = _live_rows(server, s["analysis_id"])
+        with server.client() as c:
+            r = c.get("/api/live/ping", params={"collection": "nobody"})
+            assert r.status_code == 404
+    want = {(o["frame"], o["x"]): o["person"] for o in ref.observations}
+    got = {(o["frame"], o["x"]): o["person"] for o in live}
+    assert got == want and "wolfgang" in set(got.values())
+    with store.session() as db:
+        from sqlalchemy import func, select
+
+        from moodlens.service.tables import LiveEmbeddingRow
+        assert db.scalar(select(func.count()).select_from(LiveEmbeddingRow)) == len(live)
+
+
+def test_a_full_buffer_drops_new_batches_says_so_and_counts_them(tmp_path):
+    from moodlens.edge.agent import EdgeAgent, EdgeConfig
+
+    path = shared(*DEMO)
+    said = []
+    agent = EdgeAgent(EdgeConfig(source=str(path), server=f"http://127.0.0.1:{free_port()}", device="cam1",
+                                 session="full", buffer=tmp_path / "buf", buffer_max_mb=0.03, flush_timeout_s=0),
+                      log=said.append)
+    summary = agent.run()
+    assert summary["dropped_batches"] > 0 and summary["dropped_frames"] > 0
+    assert summary["backlog_bytes"] <= 0.03 * 2**20 + 1000  # + the closing batch (a header, no frames)
+    assert summary["frames"] == 40 and summary["sent_batches"] == 0
+    assert any("is full" in m for m in said) and any("unreachable" in m for m in said)
+
+
+def test_a_truncated_file_sends_what_it_had_then_fails(tmp_path):
+    """Bad input loses nothing: the frames before the cut are stored, the session is closed, and
+    the agent exits 2 with the file and the time where it stops."""
+    path = shared(*DEMO)
+    cut = tmp_path / "cut.mp4"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    with running_server(tmp_path / "srv") as server:
+        r = subprocess.run([*EDGE, str(cut), "--server", server.url, "--buffer", str(tmp_path / "buf"),
+                            "--device-id", "cam1", "--session", "cut"], capture_output=True, text=True, timeout=240)
+        assert r.returncode == 2 and "cut.mp4" in r.stderr, r.stderr[-2000:]
+        s = _session(server, "cut")
+        assert s["status"] == "closed" and 0 < s["frames"] < 40

@@ -283,9 +283,9 @@ class EdgeAgent:
         timings = {"decode": 0.0}
         cpu0 = time.process_time()
         shot = None
+        capture_error = None
         try:
-            stamped = ((f, time.time()) for f in source.frames)
-            for frame, captured_at in prefetch(stamped, timings):
+            for frame, captured_at in prefetch(self._frames(source, session), timings):
                 if self.stop_event.is_set() or self.sender.fatal:
                     break
                 shots.update(frame.image)
@@ -335,6 +335,9 @@ class EdgeAgent:
                 age = time.monotonic() - self._batch_started + 1.0 / cfg.fps  # and its first frame's wait
                 if max(span, age) >= cfg.batch_interval_s:
                     self._flush_batch(session, meta)
+        except MoodlensError as e:  # a file that stops short: what was captured is still sent and closed
+            capture_error = e
+            self.log(f"capture stopped: {e}")
         finally:
             self.status.capture_done = True
             self.cpu_s = time.process_time() - cpu0
@@ -343,7 +346,42 @@ class EdgeAgent:
             self.sender.stopping.set()
             raise AgentError(self.sender.fatal + f"; {self.outbox.backlog()[0]} batch(es) stay in {cfg.buffer}")
         self._flush_batch(session, meta, close=True)
-        return self._drain()
+        summary = self._drain()
+        if capture_error is not None:
+            raise capture_error
+        return summary
+
+    def _frames(self, source, session: dict):
+        """(frame, capture time) from the source; a camera or stream that drops is reopened with
+        backoff (up to 30 s between tries) until it answers again or the agent is stopped."""
+        delay = 1.0
+        while True:
+            try:
+                for frame in source.frames:
+                    yield frame, time.time()
+                    delay = 1.0
+                    if self.stop_event.is_set():
+                        return
+                if source.kind != "camera":
+                    return  # a file or a stream that ended: the session ends with it
+                reason = "the camera stopped sending frames"
+            except MoodlensError as e:
+                if source.kind == "file":
+                    raise
+                reason = str(e)
+            while not self.stop_event.is_set():
+                self.log(f"{reason}; opening it again in {delay:g} s")
+                if self.stop_event.wait(delay):
+                    return
+                delay = min(30.0, delay * 2)
+                try:
+                    source = open_source(self.config.source, self.config.fps, clock_origin=session["origin"])
+                    self.log(f"{source.name} is back")
+                    break
+                except MoodlensError as e:
+                    reason = str(e)
+            else:
+                return
 
     def _flush_batch(self, session: dict, meta: dict, close: bool = False) -> None:
         frames, self._batch = self._batch, []
@@ -359,7 +397,10 @@ class EdgeAgent:
         batch = Batch(self.config.device, session["name"], self.outbox.stream, seq, self.config.mode, frames,
                       meta=meta, stats=stats, close=close)
         body = encode(batch)
-        kept = self.outbox.put(seq, session["name"], body, len(frames), batch.n_faces, force=close)
+        kept = self.outbox.put(seq, session["name"], body, len(frames), batch.n_faces, force=close and not frames)
+        if close and not kept:  # the frames are dropped (and counted); the close itself always goes
+            batch.frames = []
+            self.outbox.put(seq, session["name"], encode(batch), 0, 0, force=True)
         if close:
             session["closed"] = True
         self.outbox.set("session", session)  # after the batch: a crash in between resends, never skips
