@@ -35,10 +35,15 @@ app.add_typer(eval_app, name="eval")
   moodlens analyze talk.mp4 --flip-tta     (each face also scored mirrored: a little more accurate)
 
   moodlens analyze talk.mp4 --emotion-model runs/emotion/emotion.json     (a model you trained)
+
+  moodlens analyze lectures/ day2.mp4 --out results      (many videos: one analysis each, in results/NAME/)
+
+  moodlens analyze event.mp4 --executor ray --ray-address auto --segment-s 60     (on a Ray cluster)
 """)
 @friendly
 def analyze(
-    video: Annotated[Path, typer.Argument(help="Video file (mp4, mov, mkv, mpg, avi, gif, …).")],
+    videos: Annotated[list[Path], typer.Argument(help="Video files (mp4, mov, mkv, mpg, avi, gif, …) or folders of "
+                                                      "them.", metavar="VIDEO...")],
     fps: Annotated[float, typer.Option(help="Frames sampled per second of video.", min=0.01, callback=finite)] = 2.0,
     out: Annotated[Optional[Path], typer.Option(help="Folder for records.csv, records.jsonl, summary.csv "
                                                      "[default: moodlens-out/<video>-<analysis id>].")] = None,
@@ -57,23 +62,134 @@ def analyze(
                                                                   "(off by default: faces are biometric data).")] = False,
     flip_tta: FlipOpt = False,
     emotion_model: EmotionModelOpt = None,
+    executor: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster: "
+                                               "pip install 'moodlens[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="The Ray cluster: auto, ray://HOST:10001 "
+                                                            "[default: a local Ray instance].")] = None,
+    segment_s: Annotated[float, typer.Option(help="With --executor ray, seconds of video per task.", min=1,
+                                             callback=finite)] = 60.0,
 ):
     """Find every face in sampled frames, score its emotions, track it, store and export the records."""
-    from rich.markup import escape
-
     from moodlens.outputs import check_out_folder
-    from moodlens.pipeline import analyze as run
 
+    if executor not in ("local", "ray"):
+        raise MoodlensError(f"--executor {executor!r}: local or ray")
+    paths = expand_videos(videos)
     if out is not None:
         check_out_folder(out)  # before minutes of work, not after
+    run_kw = dict(fps=fps, db=db, collection=collection, match_threshold=match_threshold, reid=reid,
+                  classifier=emotion_classifier(emotion_model, flip_tta), executor=executor,
+                  ray_address=ray_address, segment_s=segment_s)
+    write_kw = dict(emoji_video=emoji_video, report=report, blur_unknown=blur_unknown, keep_faces=keep_faces)
+    if len(paths) > 1:
+        return _analyze_many(paths, out, run_kw, write_kw, as_json)
+    video = paths[0]
+    from moodlens.pipeline import analyze as run
+
+    if executor == "ray":
+        from moodlens.executors.ray import connect
+        connect(ray_address)  # a missing install or an unreachable cluster: one line, before the bar
     with progress_bar() as bar:
         task = bar.add_task(video.name, total=1.0)
-        result = run(video, fps=fps, db=db, collection=collection, match_threshold=match_threshold, reid=reid,
-                     classifier=emotion_classifier(emotion_model, flip_tta),
+        result = run(video, **run_kw,
                      progress=lambda done, total: bar.update(task, completed=min(done / total, 1.0) if total else 0))
     out = out or Path("moodlens-out") / f"{video.stem}-{result.id}"
-    result.outputs = _write_analysis_outputs(result, out, db, emoji_video=emoji_video, report=report,
-                                             blur_unknown=blur_unknown, keep_faces=keep_faces)
+    result.outputs = _write_analysis_outputs(result, out, db, **write_kw)
+    _print_result(result, video, db, as_json)
+
+
+def expand_videos(items: list[Path]) -> list[Path]:
+    """The videos named: files as given, folders as their video files (sorted, not recursive)."""
+    from moodlens.service.watch import VIDEO_SUFFIXES
+
+    out: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.suffix.lower() in VIDEO_SUFFIXES)
+            if not found:
+                raise MoodlensError(f"{item}: a folder with no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
+            out.extend(found)
+        else:
+            out.append(item)
+    return list(dict.fromkeys(out))
+
+
+def _analyze_many(paths: list[Path], out: Path | None, run_kw: dict, write_kw: dict, as_json: bool) -> None:
+    """One analysis per video: in turn on this machine, several at once on Ray (its tasks share the
+    cluster). A video that fails is reported and the others go on; exit 2 if any failed."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.markup import escape
+
+    from moodlens.errors import Cancelled
+    from moodlens.pipeline import analyze as run
+
+    stop = threading.Event()
+    results: dict[Path, object] = {}
+    parallel = 1
+    if run_kw["executor"] == "ray":
+        from moodlens.executors.ray import connect
+        ray = connect(run_kw["ray_address"])
+        parallel = max(1, min(len(paths), int(ray.cluster_resources().get("CPU", 1))))
+    stems = [p.stem for p in paths]
+    with progress_bar() as bar:
+        def one(video: Path):
+            task = bar.add_task(video.name, total=1.0)
+
+            def progress(done, total):
+                if stop.is_set():
+                    raise Cancelled("interrupted by the user")
+                bar.update(task, completed=min(done / total, 1.0) if total else 0)
+
+            try:
+                result = run(video, **run_kw, progress=progress)
+                name = video.stem if stems.count(video.stem) == 1 else f"{video.stem}-{result.id}"
+                folder = (out / name) if out is not None else Path("moodlens-out") / f"{video.stem}-{result.id}"
+                result.outputs = _write_analysis_outputs(result, folder, run_kw["db"], **write_kw)
+                results[video] = result
+            except MoodlensError as e:
+                results[video] = e
+            finally:
+                bar.update(task, completed=1.0)
+
+        pool = ThreadPoolExecutor(parallel, thread_name_prefix="moodlens-video")
+        try:
+            for f in [pool.submit(one, v) for v in paths]:
+                f.result()
+        except KeyboardInterrupt:
+            stop.set()  # each analysis stops at its next frame (and cancels its Ray tasks), marked interrupted
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
+    failed = [v for v in paths if isinstance(results.get(v), MoodlensError)]
+    if as_json:
+        print(json.dumps([{"video": str(v), "error": str(r)} if isinstance(r, MoodlensError) else
+                          {"video": str(v), "analysis_id": r.id, "frames": r.frames,
+                           "observations": r.n_observations, "tracks": r.n_tracks,
+                           "outputs": {k: str(p) for k, p in r.outputs.items()}, "timings": r.timings}
+                          for v, r in ((v, results.get(v)) for v in paths) if r is not None], indent=2, default=str))
+    else:
+        t = Table(title=f"{len(paths)} videos", title_justify="left")
+        for c in ("video", "analysis", "frames", "observations", "tracks", "outputs / error"):
+            t.add_column(c)
+        for v in paths:
+            r = results.get(v)
+            if isinstance(r, MoodlensError) or r is None:
+                t.add_row(escape(v.name), "-", "-", "-", "-", f"[red]{escape(str(r))}[/]")
+            else:
+                folder = next(iter(r.outputs.values())).parent if r.outputs else ""
+                t.add_row(escape(v.name), str(r.id), str(r.frames), str(r.n_observations), str(r.n_tracks),
+                          escape(str(folder)))
+        out_console.print(t)
+    if failed:
+        raise MoodlensError(f"{len(failed)} of {len(paths)} videos failed: " + ", ".join(v.name for v in failed))
+
+
+def _print_result(result, video: Path, db: str, as_json: bool) -> None:
+    from rich.markup import escape
+
     summary = result.summary
     n_tracks = result.n_tracks
     if as_json:

@@ -54,6 +54,8 @@ def edge(
     realtime: Annotated[bool, typer.Option("--realtime", help="Read a file at its own pace, like a camera.")] = False,
     crop_format: Annotated[str, typer.Option(help="jpeg or webp.")] = "jpeg",
     crop_quality: Annotated[int, typer.Option(help="Crop encoding quality (1-100).", min=1, max=100)] = 90,
+    batch_s: Annotated[float, typer.Option(help="Seconds of video a batch holds at most (latency against "
+                                               "per-request overhead).", min=0.05, max=10, callback=finite)] = 0.5,
     flush_timeout: Annotated[float, typer.Option(help="At the end or on Ctrl-C, seconds to wait for the "
                                                       "server to take the backlog.", min=0, callback=finite)] = 60.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
@@ -67,7 +69,8 @@ def edge(
     config = EdgeConfig(source=source, server=server, token=token, fps=fps, device=device_id or os.uname().nodename,
                         session=session, scores_only=scores_only, collection=collection, buffer=buffer,
                         buffer_max_mb=buffer_max_mb, realtime=realtime, crop_format=crop_format,
-                        crop_quality=crop_quality, flush_timeout_s=flush_timeout)
+                        crop_quality=crop_quality, flush_timeout_s=flush_timeout,
+                        batch_interval_s=batch_s)
     agent = EdgeAgent(config, log=log)
     install_signals(agent)
     done = threading.Event()

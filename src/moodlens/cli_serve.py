@@ -60,6 +60,11 @@ def serve(
                                                               "(anyone who can reach it can do anything).")] = False,
     live_idle: Annotated[float, typer.Option(help="Close a live session (its analysis complete) after this many "
                                                   "seconds without a batch.", min=1)] = 300.0,
+    executor: Annotated[str, typer.Option(help="Where jobs run: local (worker processes) or ray (their "
+                                               "segments on a Ray cluster; pip install 'moodlens[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: auto, HOST:PORT or "
+                                                            "ray://HOST:10001 [default: a local Ray instance].")] = None,
+    segment_s: Annotated[float, typer.Option(help="With --executor ray, seconds of video per task.", min=1)] = 60.0,
 ):
     """Run the service: upload or drop videos, jobs analyse them, a console and an API show them."""
     import uvicorn
@@ -80,11 +85,20 @@ def serve(
         if insecure and not auth.any_tokens(Store(db)):
             err_console.print(f"[bold yellow]warning:[/] --insecure: anyone who can reach {escape(host)}:{port} "
                               "can upload, read and delete analyses", highlight=False)
+    if executor not in ("local", "ray"):
+        raise MoodlensError(f"--executor {executor!r}: local or ray")
+    if executor == "ray":
+        from moodlens.executors.ray import connect
+        connect(ray_address)  # one line now rather than a traceback from the app's start-up
+        if db.startswith("sqlite") and ray_address not in (None, "local"):
+            err_console.print("[bold yellow]note:[/] with a Ray cluster the workers read the videos, not the "
+                              "database; uploads must be on a path every node sees (--data-dir)", highlight=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _Server = _uvicorn_server()
     config = ServeConfig(db=db, data_dir=data_dir.resolve(), workers=workers, max_upload_mb=max_upload_mb,
                          watch=watch.expanduser().resolve() if watch else None, grace_s=grace, loopback=loopback,
-                         insecure=insecure, live_idle_s=live_idle)
+                         insecure=insecure, live_idle_s=live_idle, executor=executor, ray_address=ray_address,
+                         segment_s=segment_s)
     app = create_app(config)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -152,7 +152,7 @@ def probe(path: str | Path) -> VideoInfo:
 
 def iter_frames(
     path: str | Path, fps: float | None = 2.0, skip_nonref: bool = True, start_s: float = 0.0,
-    stats: DecodeStats | None = None,
+    stats: DecodeStats | None = None, end_s: float | None = None,
 ) -> Iterator[Frame]:
     """Yield upright BGR frames sampled at ``fps`` by timestamp (``None``: every frame).
 
@@ -166,8 +166,12 @@ def iter_frames(
     Packets the decoder rejects are skipped; pass a :class:`DecodeStats` as ``stats`` to
     learn what was lost (its ``gaps``). Raises ``MediaError`` when nothing decodes, when
     more than :data:`MAX_LOSS` of the video is lost, or when the file is truncated.
+
+    ``start_s`` and ``end_s`` make a segment: the targets ``k / fps`` in ``[start_s, end_s)``,
+    sampled exactly as a whole decode samples them, so consecutive segments together give
+    the whole decode's frames (``moodlens.segments``; the end checks are the last segment's).
     """
-    samples = _sample(_check_args(path, fps), fps, skip_nonref, start_s, stats)  # path errors now, not at next()
+    samples = _sample(_check_args(path, fps), fps, skip_nonref, start_s, stats, end_s)  # path errors now
     return (
         Frame(index, time_s, upright(frame.to_ndarray(format="bgr24"), rotation_cw(frame.rotation)))
         for frame, time_s, index in samples
@@ -181,7 +185,7 @@ def decode_only(path: str | Path, fps: float | None = 2.0, skip_nonref: bool = T
     return sum(1 for _ in _sample(_check_args(path, fps), fps, skip_nonref, 0.0, stats))
 
 
-def _sample(path, fps, skip_nonref, start_s, stats=None) -> Iterator[tuple[av.VideoFrame, float, int]]:
+def _sample(path, fps, skip_nonref, start_s, stats=None, end_s=None) -> Iterator[tuple[av.VideoFrame, float, int]]:
     """The decode loop shared by :func:`iter_frames` and :func:`decode_only`: yields
     ``(av frame, time_s, index)`` for the frames to emit, skips the packets the decoder
     rejects (recording the gaps in ``stats``), and checks for truncation and loss."""
@@ -267,8 +271,12 @@ def _sample(path, fps, skip_nonref, start_s, stats=None) -> Iterator[tuple[av.Vi
                 if fps is not None:
                     if t < k / fps - half:
                         continue
+                    if end_s is not None and k / fps >= end_s - 1e-9:
+                        return  # the next target is the next segment's
                     # Consume every target this frame satisfies so it is emitted once only.
                     k = max(k + 1, math.floor((t + half) * fps) + 1)
+                elif end_s is not None and t >= end_s - half:
+                    return
                 yield frame, t, round(t * avg_fps)
         data_end = -math.inf if last_pts is None else (last_pts - origin) * tb + step
         if gap is not None and (not duration_known or data_end >= duration - _EARLY_STOP_S):

@@ -265,6 +265,9 @@ def analyze(
     store: Store | None = None,
     on_start: Callable[[int], None] | None = None,
     name: str | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    segment_s: float = 60.0,
     **options,
 ) -> Analysis:
     """Analyse a video: every face in every sampled frame, with emotions and tracks.
@@ -275,7 +278,13 @@ def analyze(
     file's own name is not (a service stores uploads under random names).
     Raises ``MediaError`` for unreadable input; the database keeps the failed
     analysis marked as such, and earlier analyses are untouched.
+
+    ``executor="ray"`` runs the per-frame work on a Ray cluster (``ray_address``: None
+    starts a local one, ``"auto"`` or ``"ray://host:10001"`` joins one) in segments of
+    ``segment_s`` seconds; the tracking, naming and rows stay here and are the same.
     """
+    if executor not in ("local", "ray"):
+        raise OptionError(f"executor {executor!r}: local or ray")
     path = Path(path)
     opts = Options(fps=fps, **options)
     info = media.probe(path)  # validates the input before anything is written
@@ -307,21 +316,29 @@ def analyze(
     t_start = time.perf_counter()
     n_frames = 0
     buffer: list[dict] = []
+    decoded = media.DecodeStats()
     try:
-        frames = media.iter_frames(path, fps=fps, stats=(decoded := media.DecodeStats()))
+        if executor == "ray":
+            from moodlens.executors.ray import segment_frames
+            items = segment_frames(path, fps, info.duration_s, asdict(opts), opts.identity, classifier, segment_s,
+                                   ray_address, shots, timings, decoded)
+        else:
+            items = _local_frames(path, fps, stage, shots, timings, decoded)
         shot = 0
-        for frame, frame_shot in prefetch(with_shots(frames, shots, timings), timings):
+        for frame, frame_shot, faces, features, arcs in items:
             if frame_shot != shot:
                 tracker.cut()  # nothing is associated across a cut
                 shot = frame_shot
-            faces = stage(frame)
             t = time.perf_counter()
-            ids = tracker.update(faces, appearance_features(faces.crops) if len(faces) else None)
+            ids = tracker.update(faces, features)
             faces = faces.with_(track_ids=np.asarray(ids, np.int64))
             timings["track"] += time.perf_counter() - t
             if bank is not None:
                 t = time.perf_counter()
-                bank.add(frame.image, faces, frame_index=frame.index)
+                if arcs is not None:  # aligned where the frame was (a Ray worker): the same crops
+                    bank.add_crops(faces.track_ids.tolist(), arcs, faces.quality.tolist(), frame_index=frame.index)
+                else:
+                    bank.add(frame.image, faces, frame_index=frame.index)
                 timings["identity"] = timings.get("identity", 0.0) + time.perf_counter() - t
             buffer.extend(observation_rows(stem, frame, faces, shot))
             n_frames += 1
@@ -353,8 +370,9 @@ def analyze(
         if isinstance(e, MoodlensError):
             raise
         raise MediaError(f"{path}: analysis failed ({type(e).__name__}: {e})") from e
-    timings["decode"] -= timings["shots"]  # the decode thread's clock ran over both
-    timings.update(stage.timings)
+    if executor == "local":
+        timings["decode"] -= timings["shots"]  # the decode thread's clock ran over both
+        timings.update(stage.timings)
     timings["total"] = time.perf_counter() - t_start
     timings["realtime_factor"] = info.duration_s / timings["total"] if timings["total"] > 0 else None
     try:
@@ -367,6 +385,15 @@ def analyze(
         from moodlens.outputs import write_tables
         analysis.outputs = write_tables(analysis, Path(out))
     return analysis
+
+
+def _local_frames(path: Path, fps: float, stage: FaceStage, shots: ShotDetector | None, timings: dict,
+                  decoded: media.DecodeStats) -> Iterator[tuple]:
+    """(frame, shot, faces, appearance features, None) in order: decoded in a thread, worked here."""
+    frames = media.iter_frames(path, fps=fps, stats=decoded)
+    for frame, frame_shot in prefetch(with_shots(frames, shots, timings), timings):
+        faces = stage(frame)
+        yield frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None
 
 
 def _record_failure(store: Store, aid: int, error: str, status: str = FAILED) -> bool:

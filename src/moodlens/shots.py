@@ -93,7 +93,10 @@ class ShotDetector:
 
     def score(self, image: np.ndarray) -> float:
         """Distance of this frame from the previous sample (0 for the first); updates the state."""
-        sig = signature(image)
+        return self.score_signature(signature(image))
+
+    def score_signature(self, sig: tuple[np.ndarray, np.ndarray]) -> float:
+        """As :meth:`score`, from the frame's :func:`signature` (made where the frame is, e.g. a Ray worker)."""
         prev, self._last = self._last, sig
         if prev is None:
             return 0.0
@@ -101,8 +104,12 @@ class ShotDetector:
 
     def update(self, image: np.ndarray) -> bool:
         """True when ``image`` (the next sampled frame, BGR) starts a new shot after the first."""
+        return self.update_signature(signature(image))
+
+    def update_signature(self, sig: tuple[np.ndarray, np.ndarray]) -> bool:
+        """As :meth:`update`, from the frame's :func:`signature`."""
         first = self._last is None
-        s = self.last_score = self.score(image)
+        s = self.last_score = self.score_signature(sig)
         if first:
             self.shot = 0
             return False

@@ -48,7 +48,7 @@ class EdgeConfig:
     buffer: Path | None = None
     buffer_max_mb: float = 1024
     realtime: bool = False
-    batch_interval_s: float = 1.0
+    batch_interval_s: float = 0.5  # a batch holds at most this much video; whatever waited goes at once
     crop_format: str = "jpeg"  # jpeg | webp
     crop_quality: int = 90
     flush_timeout_s: float = 60.0
@@ -136,9 +136,10 @@ class Sender(threading.Thread):
                 self._away(f"unreachable ({type(e).__name__})")
                 continue
             if r.status_code == 200:
-                self.outbox.ack(seq, len(body))
+                wire = len(body) + _request_overhead(r.request)  # what the link carried, headers included
+                self.outbox.ack(seq, wire)
                 self.status.sent_batches += 1
-                self.status.sent_bytes += len(body)
+                self.status.sent_bytes += wire
                 self.status.duplicates += bool(r.json().get("duplicate"))
                 if self.status.server != "ok":
                     if self.status.server.startswith("unreachable"):
@@ -164,6 +165,12 @@ class Sender(threading.Thread):
         self.status.server = why
         self._backoff = min(BACKOFF_MAX_S, max(0.5, self._backoff * 2))
         self.stopping.wait(self._backoff * random.uniform(0.8, 1.2))
+
+
+def _request_overhead(request) -> int:
+    """Bytes of an HTTP/1.1 request line and headers (the body is counted apart)."""
+    line = len(request.method) + len(request.url.raw_path) + len(" HTTP/1.1\r\n") + 1
+    return line + sum(len(k) + len(v) + 4 for k, v in request.headers.raw) + 2
 
 
 def _detail(r) -> str:

@@ -52,6 +52,9 @@ class ServeConfig:
     loopback: bool = True  # bound to loopback: without tokens, no login needed
     insecure: bool = False  # --insecure: no tokens needed even off loopback
     live_idle_s: float = 300.0  # a live session with no batch for this long is closed (its analysis complete)
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None
+    segment_s: float = 60.0
 
 
 # -- typed boundaries ----------------------------------------------------------------------
@@ -198,7 +201,13 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         from moodlens.executors.local import LocalExecutor
 
-        ex = executor or LocalExecutor(config.workers)
+        if executor is not None:
+            ex = executor
+        elif config.executor == "ray":
+            from moodlens.executors.ray import RayExecutor
+            ex = RayExecutor(config.workers, config.ray_address, config.segment_s)
+        else:
+            ex = LocalExecutor(config.workers)
         dispatcher = Dispatcher(queue, ex, config.db, str(config.data_dir), on_done=on_done)
         app.state.dispatcher = dispatcher
         dispatcher.start()
@@ -419,7 +428,9 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
     @app.delete("/api/analyses/{analysis_id}", status_code=204, tags=["analyses"],
                 summary="Erase an analysis: its rows, its files, its job and the uploaded video")
     def delete_analysis(analysis_id: int, _who: Admin) -> Response:
-        store.analysis(analysis_id)  # 404 when unknown
+        if store.analysis(analysis_id).status == "live":  # 404 when unknown
+            raise HTTPException(409, f"analysis {analysis_id} is a live session's, still filling; close the "
+                                     "session first (POST /api/live/sessions/ID/close)")
         job_row = queue.by_analysis(analysis_id)
         if job_row is not None and job_row.status == "running":
             raise HTTPException(409, f"analysis {analysis_id} is being made by job {job_row.id}; cancel it first")
@@ -493,7 +504,9 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
 
     from moodlens.service.console import register_console
     from moodlens.service.live_api import register_live
+    from moodlens.service.live_pages import register_live_pages
     register_live(app)
+    register_live_pages(app)
     register_console(app)
     return app
 

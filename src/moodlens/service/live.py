@@ -103,6 +103,7 @@ class LiveView:
         self.version = 0
         self.last_ingest_lag_s: float | None = None
         self.received_at: float | None = None
+        self.last_batch: list[dict] = []  # the newest batch's frames: time and capture time (latency)
 
     def add_frame(self, time_s: float, captured_at: float | None, faces: list[dict]) -> None:
         sec = int(np.floor(time_s))
@@ -128,7 +129,8 @@ class LiveView:
 
     def snapshot(self, window_s: float = 300) -> dict:
         if not self.bins:
-            return {"timeline": [], "people": {}, "now": self.now, "dominant": None, "version": self.version}
+            return {"timeline": [], "people": {}, "now": self.now, "dominant": None, "version": self.version,
+                    "last_batch": self.last_batch}
         end = max(self.bins)
         start = end - int(window_s)
         timeline = []
@@ -145,7 +147,7 @@ class LiveView:
         total = sum((b[2] for b in recent), np.zeros(len(EMOTIONS)))
         dominant = EMOTIONS[int(np.argmax(total))] if total.sum() > 0 else None
         return {"timeline": timeline, "people": {p: s for p, s in people.items() if s}, "now": self.now,
-                "dominant": dominant, "version": self.version}
+                "dominant": dominant, "version": self.version, "last_batch": self.last_batch}
 
 
 class LiveIngest:
@@ -399,7 +401,9 @@ class LiveIngest:
         last_capture = max((fr.captured_at for fr in batch.frames), default=None)
         values = dict(tracker=_pack(s.tracker) if s.mode == "crops" else None, shot=s.shot,
                       frames=LiveSessionRow.frames + len(batch.frames), faces=LiveSessionRow.faces + n_faces,
-                      batches=LiveSessionRow.batches + 1, stats=batch.stats, last_batch_at=_utcnow())
+                      batches=LiveSessionRow.batches + 1, last_batch_at=_utcnow(),
+                      # the closing batch is the last: whatever the device had queued before it has arrived
+                      stats={**batch.stats, "backlog_batches": 0, "backlog_bytes": 0} if batch.close else batch.stats)
         if last_capture:
             values["last_captured_at"] = last_capture
         if batch.meta:
@@ -535,6 +539,7 @@ class LiveIngest:
                               "box": [round(float(v), 1) for v in faces.boxes[i]], "emotions": emo,
                               "dominant": max(emo, key=emo.get)})
             view.add_frame(fr.time_s, fr.captured_at or None, items)
+        view.last_batch = [{"time_s": fr.time_s, "captured_at": fr.captured_at or None} for fr, _ in frames]
         view.received_at = time.time()
         if last_capture:
             view.last_ingest_lag_s = max(0.0, view.received_at - last_capture)

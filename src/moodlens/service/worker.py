@@ -127,10 +127,14 @@ def _emoji_video(result, out: Path, blur_unknown: bool, tr: _Tracker) -> None:
                         progress=lambda done, total: tr.report(done / total if total else 0.0))
 
 
-def run_job(db: str, job_id: int, attempt: int, data_dir: str) -> int | None:
+def run_job(db: str, job_id: int, attempt: int, data_dir: str, executor: str = "local",
+            ray_address: str | None = None, segment_s: float = 60.0, abort=None) -> int | None:
     """Run one attempt; returns the analysis id, or None when it failed or was cancelled
     (recorded on the job row either way). A job's analysis is complete only when the job
-    is: when a later stage fails or is cancelled, the analysis is marked so too."""
+    is: when a later stage fails or is cancelled, the analysis is marked so too.
+
+    ``executor="ray"``: this process drives the analysis and its segments run on the Ray
+    cluster; ``abort`` (an event) stops it at the next frame when the server stops."""
     from moodlens.cli_reports import report_analysis, write_outputs
     from moodlens.pipeline import analyze
 
@@ -160,10 +164,14 @@ def run_job(db: str, job_id: int, attempt: int, data_dir: str) -> int | None:
 
     try:
         tr.start("analyze")
+        def progress(done: float, total: float) -> None:
+            if abort is not None and abort.is_set():
+                raise Cancelled(f"job {job_id}: the server is stopping")
+            tr.report(done / total if total else 0.0)
+
         result = analyze(job.video, fps=float(opts.get("fps") or 2.0), store=store,
-                         collection=opts.get("collection") or None, name=job.filename,
-                         progress=lambda done, total: tr.report(done / total if total else 0.0),
-                         on_start=on_start)
+                         collection=opts.get("collection") or None, name=job.filename, progress=progress,
+                         on_start=on_start, executor=executor, ray_address=ray_address, segment_s=segment_s)
         aid = result.id
         out = analysis_dir(data_dir, aid)
         tr.start("tables")

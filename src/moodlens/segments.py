@@ -1,0 +1,112 @@
+"""A time segment of a video, analysed where it runs (a Ray worker): the per-frame work only.
+
+``analyze_segment`` decodes the sampled frames in ``[start_s, end_s)`` (the same frames a
+whole decode samples there, :func:`moodlens.media.iter_frames`) and runs everything that
+needs the image: face detection, alignment, quality, emotions, the tracker's appearance
+descriptors, the shot detector's signature and, with identity, the 112 px ArcFace crops.
+What needs the order of the whole video (shot decisions, the tracker, the identity bank,
+the rows) stays with the driver, which takes segments in order: so a segmented run gives
+the local run's ids exactly, with no stitching heuristics at the boundaries.
+
+Models load once per process (``default_classifier`` and the YuNet session are cached), so
+a Ray worker that runs many segments loads them once.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from moodlens.types import Faces
+
+
+@dataclass
+class FrameResult:
+    """One sampled frame's per-frame work, small enough to travel (no image)."""
+
+    index: int
+    time_s: float
+    signature: tuple  # moodlens.shots.signature of the frame
+    faces: Faces  # boxes, landmarks, scores, quality, emotions (no crops)
+    features: np.ndarray  # (N, 320) appearance descriptors for the tracker
+    arcs: np.ndarray | None = None  # (N, 112, 112, 3) ArcFace crops when identity is on
+
+
+@dataclass
+class SegmentResult:
+    start_s: float
+    end_s: float | None
+    frames: list[FrameResult]
+    gaps: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    host: str = ""
+    pid: int = 0
+
+
+def segment_bounds(duration_s: float, segment_s: float, fps: float) -> list[tuple[float, float | None]]:
+    """``[start, end)`` pairs covering the video; each boundary is a sample target (``k / fps``), the
+    last segment open-ended (it makes the whole decode's end checks: truncation, loss)."""
+    if segment_s <= 0:
+        raise ValueError("segment_s must be above 0")
+    step = max(1, round(segment_s * fps))  # samples per segment
+    n_samples = max(1, int(np.ceil(duration_s * fps - 1e-9)))
+    starts = list(range(0, n_samples, step))
+    bounds = [(k / fps, (k + step) / fps) for k in starts]
+    bounds[-1] = (bounds[-1][0], None)
+    return bounds
+
+
+@functools.cache
+def classifier_for(card_path: str | None = None, flip: bool = False):
+    """The emotion classifier of a model card and flip setting, loaded once per process."""
+    from moodlens.faces.emotion import EmotionClassifier, default_classifier
+    from moodlens.models import ModelCard
+
+    default = default_classifier()
+    if (card_path is None or Path(card_path) == Path(default.card.path)) and not flip:
+        return default
+    return EmotionClassifier(ModelCard.load(Path(card_path)) if card_path else None, flip=flip)
+
+
+def analyze_segment(path: str, fps: float, start_s: float, end_s: float | None, options: dict,
+                    identity: bool, model: tuple[str | None, bool] = (None, False)) -> SegmentResult:
+    """The per-frame work of the sampled frames in ``[start_s, end_s)``, with the emotion model
+    ``model`` (its card's path and flip: the driver's)."""
+    import os
+    import socket
+
+    from moodlens import media
+    from moodlens.faces.identity import align_for_identity
+    from moodlens.faces.track import appearance_features
+    from moodlens.pipeline import FaceStage, Options
+    from moodlens.shots import signature
+
+    opts = Options(**options)
+    stage = FaceStage(classifier_for(*model), opts)
+    stats = media.DecodeStats()
+    out: list[FrameResult] = []
+    t_decode = t_sig = 0.0
+    frames = media.iter_frames(path, fps=fps, start_s=start_s, end_s=end_s, stats=stats)
+    while True:
+        t = time.perf_counter()
+        frame = next(frames, None)
+        t_decode += time.perf_counter() - t
+        if frame is None:
+            break
+        t = time.perf_counter()
+        sig = signature(frame.image)
+        t_sig += time.perf_counter() - t
+        faces = stage(frame)
+        n = len(faces)
+        feats = appearance_features(faces.crops) if n else np.zeros((0, 320), np.float32)
+        arcs = align_for_identity(frame.image, faces.landmarks) if identity and n else None
+        out.append(FrameResult(frame.index, frame.time_s, sig, faces.with_(crops=None), feats, arcs))
+    timings = {"decode": t_decode, "shots": t_sig, **stage.timings}
+    return SegmentResult(start_s, end_s, out, list(stats.gaps), timings, socket.gethostname(), os.getpid())
+
+
+__all__ = ["FrameResult", "SegmentResult", "analyze_segment", "segment_bounds"]
