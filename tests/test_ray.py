@@ -70,6 +70,16 @@ def test_ray_gives_the_local_rows(local_ray, tmp_path, clip, segment_s, options)
     assert_same(local, distributed)
 
 
+def test_shipped_video_gives_the_same_rows(local_ray, tmp_path):
+    """--ship-video: the bytes go through the object store (workers without the driver's files)."""
+    from moodlens.pipeline import analyze
+
+    path = shared(*DEMO)
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    assert_same(analyze(path, fps=2.0, db=db),
+                analyze(path, fps=2.0, db=db, executor="ray", segment_s=5.0, ship_video=True))
+
+
 def test_a_killed_worker_is_retried_and_the_rows_are_the_same(local_ray, tmp_path):
     from moodlens.pipeline import analyze
 

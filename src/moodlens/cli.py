@@ -68,6 +68,9 @@ def analyze(
                                                             "[default: a local Ray instance].")] = None,
     segment_s: Annotated[float, typer.Option(help="With --executor ray, seconds of video per task.", min=1,
                                              callback=finite)] = 60.0,
+    ship_video: Annotated[bool, typer.Option("--ship-video", help="With --executor ray, send the video through "
+                                                                  "Ray's object store (workers that do not see "
+                                                                  "this machine's files).")] = False,
 ):
     """Find every face in sampled frames, score its emotions, track it, store and export the records."""
     from moodlens.outputs import check_out_folder
@@ -79,7 +82,7 @@ def analyze(
         check_out_folder(out)  # before minutes of work, not after
     run_kw = dict(fps=fps, db=db, collection=collection, match_threshold=match_threshold, reid=reid,
                   classifier=emotion_classifier(emotion_model, flip_tta), executor=executor,
-                  ray_address=ray_address, segment_s=segment_s)
+                  ray_address=ray_address, segment_s=segment_s, ship_video=ship_video)
     write_kw = dict(emoji_video=emoji_video, report=report, blur_unknown=blur_unknown, keep_faces=keep_faces)
     if len(paths) > 1:
         return _analyze_many(paths, out, run_kw, write_kw, as_json)

@@ -65,6 +65,9 @@ def serve(
     ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: auto, HOST:PORT or "
                                                             "ray://HOST:10001 [default: a local Ray instance].")] = None,
     segment_s: Annotated[float, typer.Option(help="With --executor ray, seconds of video per task.", min=1)] = 60.0,
+    ship_video: Annotated[bool, typer.Option("--ship-video", help="With --executor ray, send each video through "
+                                                                  "Ray's object store (workers without a shared "
+                                                                  "--data-dir).")] = False,
 ):
     """Run the service: upload or drop videos, jobs analyse them, a console and an API show them."""
     import uvicorn
@@ -90,15 +93,16 @@ def serve(
     if executor == "ray":
         from moodlens.executors.ray import connect
         connect(ray_address)  # one line now rather than a traceback from the app's start-up
-        if db.startswith("sqlite") and ray_address not in (None, "local"):
+        if ray_address not in (None, "local") and not ship_video:
             err_console.print("[bold yellow]note:[/] with a Ray cluster the workers read the videos, not the "
-                              "database; uploads must be on a path every node sees (--data-dir)", highlight=False)
+                              "database; uploads must be on a path every node sees (--data-dir), or pass --ship-video",
+                              highlight=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _Server = _uvicorn_server()
     config = ServeConfig(db=db, data_dir=data_dir.resolve(), workers=workers, max_upload_mb=max_upload_mb,
                          watch=watch.expanduser().resolve() if watch else None, grace_s=grace, loopback=loopback,
                          insecure=insecure, live_idle_s=live_idle, executor=executor, ray_address=ray_address,
-                         segment_s=segment_s)
+                         segment_s=segment_s, ship_video=ship_video)
     app = create_app(config)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -268,6 +268,7 @@ def analyze(
     executor: str = "local",
     ray_address: str | None = None,
     segment_s: float = 60.0,
+    ship_video: bool = False,
     **options,
 ) -> Analysis:
     """Analyse a video: every face in every sampled frame, with emotions and tracks.
@@ -282,6 +283,7 @@ def analyze(
     ``executor="ray"`` runs the per-frame work on a Ray cluster (``ray_address``: None
     starts a local one, ``"auto"`` or ``"ray://host:10001"`` joins one) in segments of
     ``segment_s`` seconds; the tracking, naming and rows stay here and are the same.
+    ``ship_video`` sends the file through Ray's object store, for workers that cannot read it.
     """
     if executor not in ("local", "ray"):
         raise OptionError(f"executor {executor!r}: local or ray")
@@ -321,7 +323,7 @@ def analyze(
         if executor == "ray":
             from moodlens.executors.ray import segment_frames
             items = segment_frames(path, fps, info.duration_s, asdict(opts), opts.identity, classifier, segment_s,
-                                   ray_address, shots, timings, decoded)
+                                   ray_address, shots, timings, decoded, ship_video)
         else:
             items = _local_frames(path, fps, stage, shots, timings, decoded)
         shot = 0

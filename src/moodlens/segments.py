@@ -72,10 +72,12 @@ def classifier_for(card_path: str | None = None, flip: bool = False):
     return EmotionClassifier(ModelCard.load(Path(card_path)) if card_path else None, flip=flip)
 
 
-def analyze_segment(path: str, fps: float, start_s: float, end_s: float | None, options: dict,
-                    identity: bool, model: tuple[str | None, bool] = (None, False)) -> SegmentResult:
+def analyze_segment(path: str | bytes, fps: float, start_s: float, end_s: float | None, options: dict,
+                    identity: bool, model: tuple[str | None, bool] = (None, False),
+                    suffix: str = ".mp4") -> SegmentResult:
     """The per-frame work of the sampled frames in ``[start_s, end_s)``, with the emotion model
-    ``model`` (its card's path and flip: the driver's)."""
+    ``model`` (its card's path and flip: the driver's). ``path`` may be the video's bytes
+    (``--ship-video``: workers that cannot see the driver's files), kept once per machine."""
     import os
     import socket
 
@@ -85,6 +87,8 @@ def analyze_segment(path: str, fps: float, start_s: float, end_s: float | None, 
     from moodlens.pipeline import FaceStage, Options
     from moodlens.shots import signature
 
+    if isinstance(path, (bytes, bytearray, memoryview)):  # shipped through Ray's object store
+        path = str(local_copy(bytes(path), suffix))
     opts = Options(**options)
     stage = FaceStage(classifier_for(*model), opts)
     stats = media.DecodeStats()
@@ -109,4 +113,21 @@ def analyze_segment(path: str, fps: float, start_s: float, end_s: float | None, 
     return SegmentResult(start_s, end_s, out, list(stats.gaps), timings, socket.gethostname(), os.getpid())
 
 
-__all__ = ["FrameResult", "SegmentResult", "analyze_segment", "segment_bounds"]
+def local_copy(data: bytes, suffix: str) -> Path:
+    """The video's bytes as a file in this machine's temp folder, named by their SHA-256, written
+    once (atomically) however many segments of it run here."""
+    import hashlib
+    import os
+    import tempfile
+
+    folder = Path(tempfile.gettempdir()) / "moodlens-ray"
+    folder.mkdir(exist_ok=True)
+    path = folder / (hashlib.sha256(data).hexdigest()[:32] + suffix)
+    if not path.exists():
+        tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return path
+
+
+__all__ = ["FrameResult", "SegmentResult", "analyze_segment", "local_copy", "segment_bounds"]

@@ -91,8 +91,11 @@ def _unwrap(e: BaseException, path: Path) -> MoodlensError:
 
 
 def segment_frames(path: Path, fps: float, duration_s: float, options: dict, identity: bool, classifier,
-                   segment_s: float, address: str | None, shots, timings: dict, decoded) -> Iterator[tuple]:
-    """(frame, shot, faces, features, arcs) for every sampled frame, in order, from Ray tasks."""
+                   segment_s: float, address: str | None, shots, timings: dict, decoded,
+                   ship_video: bool = False) -> Iterator[tuple]:
+    """(frame, shot, faces, features, arcs) for every sampled frame, in order, from Ray tasks.
+    ``ship_video`` puts the file's bytes in Ray's object store once, for workers that do not
+    share the driver's files (each machine keeps one copy while it works on it)."""
     import time
 
     from moodlens.segments import segment_bounds
@@ -107,10 +110,12 @@ def segment_frames(path: Path, fps: float, duration_s: float, options: dict, ide
     pending: deque = deque()
     busy = {"decode": 0.0, "shots": 0.0, "detect": 0.0, "emotion": 0.0}
 
+    video = ray.put(path.read_bytes()) if ship_video else str(path.resolve())
+
     def submit() -> None:
         while bounds and len(pending) < window:
             start, end = bounds.popleft()
-            pending.append(remote.remote(str(path.resolve()), fps, start, end, options, identity, model))
+            pending.append(remote.remote(video, fps, start, end, options, identity, model, path.suffix or ".mp4"))
 
     submit()
     try:
@@ -144,13 +149,14 @@ class RayExecutor:
     """The service's jobs with their segments on a Ray cluster: each job is driven by a thread of
     the server (the database writes stay here), its per-frame work runs on the workers."""
 
-    def __init__(self, workers: int = 1, address: str | None = None, segment_s: float = 60.0):
+    def __init__(self, workers: int = 1, address: str | None = None, segment_s: float = 60.0,
+                 ship_video: bool = False):
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
         connect(address)
         self.slots = max(1, int(workers))
-        self.address, self.segment_s = address, segment_s
+        self.address, self.segment_s, self.ship_video = address, segment_s, ship_video
         self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix="moodlens-ray-job")
         self._abort = threading.Event()
         self._futures: list = []
@@ -160,7 +166,7 @@ class RayExecutor:
 
         fut = self._pool.submit(run_job, attempt.db, attempt.job_id, attempt.attempt, attempt.data_dir,
                                 executor="ray", ray_address=self.address, segment_s=self.segment_s,
-                                abort=self._abort)
+                                abort=self._abort, ship_video=self.ship_video)
         self._futures = [f for f in self._futures if not f.done()] + [fut]
         return fut
 

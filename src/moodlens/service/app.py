@@ -55,6 +55,7 @@ class ServeConfig:
     executor: str = "local"  # local | ray
     ray_address: str | None = None
     segment_s: float = 60.0
+    ship_video: bool = False  # uploads reach Ray workers through the object store
 
 
 # -- typed boundaries ----------------------------------------------------------------------
@@ -205,7 +206,7 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
             ex = executor
         elif config.executor == "ray":
             from moodlens.executors.ray import RayExecutor
-            ex = RayExecutor(config.workers, config.ray_address, config.segment_s)
+            ex = RayExecutor(config.workers, config.ray_address, config.segment_s, config.ship_video)
         else:
             ex = LocalExecutor(config.workers)
         dispatcher = Dispatcher(queue, ex, config.db, str(config.data_dir), on_done=on_done)

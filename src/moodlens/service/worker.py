@@ -128,7 +128,8 @@ def _emoji_video(result, out: Path, blur_unknown: bool, tr: _Tracker) -> None:
 
 
 def run_job(db: str, job_id: int, attempt: int, data_dir: str, executor: str = "local",
-            ray_address: str | None = None, segment_s: float = 60.0, abort=None) -> int | None:
+            ray_address: str | None = None, segment_s: float = 60.0, abort=None, ship_video: bool = False
+            ) -> int | None:
     """Run one attempt; returns the analysis id, or None when it failed or was cancelled
     (recorded on the job row either way). A job's analysis is complete only when the job
     is: when a later stage fails or is cancelled, the analysis is marked so too.
@@ -171,7 +172,8 @@ def run_job(db: str, job_id: int, attempt: int, data_dir: str, executor: str = "
 
         result = analyze(job.video, fps=float(opts.get("fps") or 2.0), store=store,
                          collection=opts.get("collection") or None, name=job.filename, progress=progress,
-                         on_start=on_start, executor=executor, ray_address=ray_address, segment_s=segment_s)
+                         on_start=on_start, executor=executor, ray_address=ray_address, segment_s=segment_s,
+                         ship_video=ship_video)
         aid = result.id
         out = analysis_dir(data_dir, aid)
         tr.start("tables")
