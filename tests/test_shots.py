@@ -105,6 +105,12 @@ def test_concatenated_clips_of_two_people_never_share_a_track(tmp_path):
     jsonl = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
     assert [j["shot"] for j in jsonl] == [r["shot"] for r in rows]
     assert "shot" not in (tmp_path / "out" / "records.csv").read_text().splitlines()[0].split(",")
+    # the analysis records where the cut is, and the report marks it on the timeline
+    (found,) = a.timings["shot_cuts"]
+    assert cut <= found < cut + 0.5 + 1e-6
+    from moodlens.reports.html import write_report
+    page = write_report(a, tmp_path / "report.html").read_text()
+    assert "the 1 shot cut found" in page and f'"x0":{found}' in page.replace(" ", "")
 
 
 @pytest.mark.slow

@@ -327,10 +327,13 @@ def analyze(
         else:
             items = _local_frames(path, fps, stage, shots, timings, decoded)
         shot = 0
+        cuts: list[float] = []  # the sampled frames that start a new shot (the report marks them)
+        timings["shot_cuts"] = cuts
         for frame, frame_shot, faces, features, arcs in items:
             if frame_shot != shot:
                 tracker.cut()  # nothing is associated across a cut
                 shot = frame_shot
+                cuts.append(round(frame.time_s, 3))
             t = time.perf_counter()
             ids = tracker.update(faces, features)
             faces = faces.with_(track_ids=np.asarray(ids, np.int64))

@@ -209,7 +209,10 @@ def _list(y: np.ndarray) -> list:
 
 # Figures are plain dicts in Plotly's JSON schema, not plotly.graph_objects: the objects
 # validate and copy every number (46 MB for 30 people over 30 minutes, against 8 MB).
-def _timeline_figure(sec, smooth_n: int, duration: float) -> dict:
+MAX_CUT_MARKS = 400  # more cuts than this are counted in the note, not drawn
+
+
+def _timeline_figure(sec, smooth_n: int, duration: float, cuts: list[float] = ()) -> dict:
     x = sec["x"].tolist()
     data = [dict(type="scatter", x=x, y=_list(smooth(sec[c], smooth_n)), name=c, mode="lines",
                  line=dict(color=COLOURS[c], width=2.2), connectgaps=False, hovertemplate="%{y:.1f}")
@@ -222,7 +225,9 @@ def _timeline_figure(sec, smooth_n: int, duration: float) -> dict:
         yaxis=dict(title=dict(text="mean score (%)"), rangemode="tozero", domain=[0.3, 1.0]),
         yaxis2=dict(title=dict(text="faces"), domain=[0.0, 0.2], rangemode="tozero", tickformat="d",
                     dtick=max(1, int(math.ceil(float(np.max(sec["faces"], initial=1)) / 2)))),
-        bargap=0.15))
+        bargap=0.15,
+        shapes=[dict(type="line", x0=t, x1=t, y0=0, y1=1, yref="paper", layer="below",
+                     line=dict(color="#8a94a6", width=1, dash="dot")) for t in cuts[:MAX_CUT_MARKS]]))
 
 
 def _people_figure(series: dict[str, dict[str, np.ndarray]], ids: list[str], smooth_n: int, duration: float) -> dict:
@@ -470,6 +475,7 @@ def write_report(
     aid = _attr(analysis, "id")
     fps = params.get("fps")
     smooth_n = max(1, int(smooth_s))
+    cuts = [float(t) for t in (timings.get("shot_cuts") or []) if isinstance(t, (int, float))]
 
     # Pass 1 over the rows: the summary and the audience's per-second sums.
     acc = SummaryAccumulator(fps)
@@ -517,7 +523,7 @@ def write_report(
 
     smooth_bins = max(1, round(smooth_n / bin_s))
     if n_obs:
-        timeline = _figure_html(_timeline_figure(everyone.arrays(n_seconds, bin_s), smooth_bins, duration),
+        timeline = _figure_html(_timeline_figure(everyone.arrays(n_seconds, bin_s), smooth_bins, duration, cuts),
                                 "timeline")
         series = {p: people_acc[p].arrays(n_seconds, bin_s) for p in plotted}
         people = _figure_html(_people_figure(series, plotted, smooth_bins, duration), "people")
@@ -540,6 +546,9 @@ def write_report(
     ] if x)
     run_info = {"video": video, **{k: v for k, v in info.items() if k != "path"}}
     gaps_notice = decode_gaps_notice(_attr(analysis, "decode_gaps"), duration)
+    cuts_note = "" if not cuts else (
+        f" Dotted lines: the {len(cuts)} shot cut{'s' if len(cuts) > 1 else ''} found (no track crosses one)"
+        + (f"; the first {MAX_CUT_MARKS} are drawn" if len(cuts) > MAX_CUT_MARKS else "") + ".")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -553,7 +562,7 @@ def write_report(
 {gaps_notice}<div class="cards">{cards_html}</div>
 <section><h2>Audience emotion timeline</h2>
 <p class="note">Mean of each emotion over all faces seen in each second of video, {resolution};
-gaps are seconds with no face. Below: how many faces were in view.</p>
+gaps are seconds with no face. Below: how many faces were in view.{cuts_note}</p>
 {timeline}</section>
 <section><h2>Per person</h2>
 <p class="note">One line per id (enrolled people and anonymous <code>unknown-n</code> tracks), same smoothing.
