@@ -437,17 +437,22 @@ def test_live_names_match_analyze_with_a_collection(tmp_path):
         _edge(server.url, path, tmp_path / "buf", "--session", "named", "--collection", "cast")
         s = _session(server, "named")
         live = _live_rows(server, s["analysis_id"])
+        # --scores-only with a collection: the device sends SFace embeddings (numbers), never a face
+        _edge(server.url, path, tmp_path / "buf2", "--session", "named-scores", "--collection", "cast",
+              "--scores-only")
+        scores_only = _live_rows(server, _session(server, "named-scores")["analysis_id"])
         with server.client() as c:
             r = c.get("/api/live/ping", params={"collection": "nobody"})
             assert r.status_code == 404
     want = {(o["frame"], o["x"]): o["person"] for o in ref.observations}
     got = {(o["frame"], o["x"]): o["person"] for o in live}
     assert got == want and "wolfgang" in set(got.values())
+    assert {(o["frame"], o["x"]): o["person"] for o in scores_only} == want
     with store.session() as db:
         from sqlalchemy import func, select
 
         from moodlens.service.tables import LiveEmbeddingRow
-        assert db.scalar(select(func.count()).select_from(LiveEmbeddingRow)) == len(live)
+        assert db.scalar(select(func.count()).select_from(LiveEmbeddingRow)) == len(live) + len(scores_only)
 
 
 def test_a_full_buffer_drops_new_batches_says_so_and_counts_them(tmp_path):
