@@ -12,7 +12,7 @@ OUT ?= out/demo
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip==26.3
-	$(BIN)/python -m pip install -q -e '.[test,ray]'
+	$(BIN)/python -m pip install -q -e '.[test,ray,aws]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -39,6 +39,10 @@ app.add_typer(eval_app, name="eval")
   moodlens analyze lectures/ day2.mp4 --out results      (many videos: one analysis each, in results/NAME/)
 
   moodlens analyze event.mp4 --executor ray --ray-address auto --segment-s 60     (on a Ray cluster)
+
+  moodlens analyze talk.mp4 --engine rekognition --dry-run     (DetectFaces calls and their cost; nothing sent)
+
+  moodlens analyze talk.mp4 --engine rekognition --max-calls 2000     (Amazon Rekognition: pip install 'moodlens[aws]')
 """)
 @friendly
 def analyze(
@@ -64,25 +68,51 @@ def analyze(
     emotion_model: EmotionModelOpt = None,
     executor: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster: "
                                                "pip install 'moodlens[ray]').")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option(help="The Ray cluster: auto, ray://HOST:10001 "
-                                                            "[default: a local Ray instance].")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="The Ray cluster: auto, ray://HOST:10001 [default: "
+                                                            "RAY_ADDRESS, else a running local cluster, else a "
+                                                            "new local Ray instance].")] = None,
     segment_s: Annotated[float, typer.Option(help="With --executor ray, seconds of video per task.", min=1,
                                              callback=finite)] = 60.0,
     ship_video: Annotated[bool, typer.Option("--ship-video", help="With --executor ray, send the video through "
                                                                   "Ray's object store (workers that do not see "
                                                                   "this machine's files).")] = False,
+    engine: Annotated[str, typer.Option(help="What scores emotions: own (the shipped model, offline) or rekognition "
+                                             "(Amazon Rekognition DetectFaces per face crop; detection and tracking "
+                                             "stay local; AWS credentials the usual boto3 way).")] = "own",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --engine rekognition: detect faces locally and "
+                                                            "print the calls, their cost and the bytes they would "
+                                                            "send; call nothing.")] = False,
+    max_calls: Annotated[Optional[int], typer.Option(help="With --engine rekognition: refuse to start a run that "
+                                                          "needs more DetectFaces calls than this.", min=0)] = None,
+    region: Annotated[Optional[str], typer.Option(help="With --engine rekognition: the AWS region "
+                                                       "[default: AWS_REGION or the profile's].")] = None,
+    max_in_flight: Annotated[int, typer.Option(help="With --engine rekognition: calls in flight at once.",
+                                               min=1, max=64)] = 4,
 ):
     """Find every face in sampled frames, score its emotions, track it, store and export the records."""
     from moodlens.outputs import check_out_folder
 
     if executor not in ("local", "ray"):
         raise MoodlensError(f"--executor {executor!r}: local or ray")
+    if engine not in ("own", "rekognition"):
+        raise MoodlensError(f"--engine {engine!r}: own or rekognition")
     paths = expand_videos(videos)
+    if engine == "rekognition":
+        if executor != "local":
+            raise MoodlensError("--engine rekognition runs with --executor local only, for now")
+        if emotion_model or flip_tta:
+            raise MoodlensError("--emotion-model and --flip-tta choose the own model; not with --engine rekognition")
+        if dry_run:
+            return _print_plans(paths, fps, as_json)
+    elif dry_run or max_calls is not None:
+        raise MoodlensError("--dry-run and --max-calls are for --engine rekognition (the own model calls nothing)")
     if out is not None:
         check_out_folder(out)  # before minutes of work, not after
     run_kw = dict(fps=fps, db=db, collection=collection, match_threshold=match_threshold, reid=reid,
                   classifier=emotion_classifier(emotion_model, flip_tta), executor=executor,
                   ray_address=ray_address, segment_s=segment_s, ship_video=ship_video)
+    if engine == "rekognition":
+        run_kw["engine"] = _rekognition_engine(paths, fps, max_calls, region, max_in_flight)
     write_kw = dict(emoji_video=emoji_video, report=report, blur_unknown=blur_unknown, keep_faces=keep_faces)
     if len(paths) > 1:
         return _analyze_many(paths, out, run_kw, write_kw, as_json)
@@ -99,6 +129,48 @@ def analyze(
     out = out or Path("moodlens-out") / f"{video.stem}-{result.id}"
     result.outputs = _write_analysis_outputs(result, out, db, **write_kw)
     _print_result(result, video, db, as_json)
+
+
+def _print_plans(paths: list[Path], fps: float, as_json: bool) -> None:
+    """``--dry-run``: per video, the DetectFaces calls, their list price and the bytes they would send."""
+    from moodlens.engines.plan import plan
+    from moodlens.pipeline import Options
+
+    plans = [plan(p, fps, Options(fps=fps).detect_kwargs()) for p in paths]
+    if as_json:
+        print(json.dumps([p.as_dict() for p in plans], indent=2))
+        return
+    t = Table(title="Amazon Rekognition dry run (nothing sent)", title_justify="left")
+    for c in ("video", "frames", "calls", "USD", "crops sent", "whole frames", "ratio"):
+        t.add_column(c, justify="left" if c == "video" else "right")
+    for p in plans:
+        ratio = f"{p.frame_bytes / p.crop_bytes:.1f}x" if p.crop_bytes else "-"
+        t.add_row(Path(p.video).name, str(p.frames), str(p.calls), f"{p.usd:.4f}", f"{p.crop_bytes / 1e3:.0f} kB",
+                  f"{p.frame_bytes / 1e3:.0f} kB", ratio)
+    out_console.print(t)
+    if plans:
+        out_console.print(f"at {plans[0].price_usd_per_call} USD per image: the list price of the first million "
+                          f"images a month in {plans[0].price_region} (as of {plans[0].price_date}); "
+                          "other regions and tiers differ", highlight=False)
+
+
+def _rekognition_engine(paths: list[Path], fps: float, max_calls: int | None, region: str | None,
+                        max_in_flight: int):
+    """The Rekognition engine, after refusing a run over ``--max-calls`` (counted by a local dry pass)."""
+    from moodlens.engines.rekognition import RekognitionEngine
+
+    if max_calls is not None:
+        from moodlens.engines.plan import plan
+        from moodlens.pipeline import Options
+
+        need = 0
+        for p in paths:
+            need += plan(p, fps, Options(fps=fps).detect_kwargs(), measure_bytes=False,
+                         max_calls=max_calls - need).calls
+            if need > max_calls:
+                raise MoodlensError(f"the run needs more than --max-calls {max_calls} DetectFaces calls "
+                                    f"(at least {need}); nothing was sent (see --dry-run)")
+    return RekognitionEngine(region=region, max_in_flight=max_in_flight, max_calls=max_calls)
 
 
 def expand_videos(items: list[Path]) -> list[Path]:
@@ -211,8 +283,8 @@ def _print_result(result, video: Path, db: str, as_json: bool) -> None:
         table.add_column(col, justify="right", no_wrap=True)
     for r in summary:
         table.add_row(escape(r["id"]), f"{r['seconds']:.1f}", str(r["observations"]),
-                      *(f"{r[c + '_mean']:.0f}" for c in ("calm", "happy", "surprised", "sad", "angry",
-                                                           "disgusted", "fear", "contempt")))
+                      *("-" if r[c + "_mean"] is None else f"{r[c + '_mean']:.0f}"
+                        for c in ("calm", "happy", "surprised", "sad", "angry", "disgusted", "fear", "contempt")))
     if summary:
         out_console.print(table)
     else:

@@ -34,6 +34,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
   moodlens faces enroll -c class-3b --person bob photos/bob/       (every image in the folder)
 
   moodlens faces enroll -c panel --person chair group.jpg --largest     (take the largest face)
+
+  moodlens faces enroll -c panel --person alice alice.jpg --engine rekognition     (IndexFaces into a Rekognition collection)
 """)
 @friendly
 def enroll_cmd(
@@ -45,10 +47,26 @@ def enroll_cmd(
                                                                   "(by default only its embedding and the photo's hash).")] = False,
     db: DbOpt = DEFAULT_DB,
     as_json: JsonOpt = False,
+    engine: Annotated[str, typer.Option(help="own (this database) or rekognition (IndexFaces into an existing "
+                                             "Amazon Rekognition collection, ExternalImageId = person).")] = "own",
+    region: Annotated[Optional[str], typer.Option(help="With --engine rekognition: the AWS region.")] = None,
 ):
     """Enrol photos of one person into a collection (created if new). All or nothing: a photo
     with no face, or several faces (without `--largest`), is refused and nothing is written."""
     from moodlens.collections import enroll
+
+    if engine not in ("own", "rekognition"):
+        raise typer.BadParameter(f"--engine {engine!r}: own or rekognition")
+    if engine == "rekognition":
+        from moodlens.engines import rekognition as rk
+
+        done = rk.enroll(rk.RekognitionEngine(region=region), collection, person, images, largest=largest)
+        if as_json:
+            print(json.dumps(done, indent=2))
+        for d in [] if as_json else done:
+            out_console.print(f"indexed {escape(d['path'])} as {escape(person)} in Rekognition collection "
+                              f"{escape(collection)} (face {d['face_id']})", highlight=False, soft_wrap=True)
+        return
 
     results = enroll(Store(db), collection, person, images, largest=largest, keep_faces=keep_faces)
     if as_json:

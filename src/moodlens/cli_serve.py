@@ -63,7 +63,8 @@ def serve(
     executor: Annotated[str, typer.Option(help="Where jobs run: local (worker processes) or ray (their "
                                                "segments on a Ray cluster; pip install 'moodlens[ray]').")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="With --executor ray: auto, HOST:PORT or "
-                                                            "ray://HOST:10001 [default: a local Ray instance].")] = None,
+                                                            "ray://HOST:10001 [default: RAY_ADDRESS, else a running "
+                                                            "local cluster, else a new one].")] = None,
     segment_s: Annotated[float, typer.Option(help="With --executor ray, seconds of video per task.", min=1)] = 60.0,
     ship_video: Annotated[bool, typer.Option("--ship-video", help="With --executor ray, send each video through "
                                                                   "Ray's object store (workers without a shared "

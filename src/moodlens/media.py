@@ -38,6 +38,8 @@ but at rates near the stream's it would make samples miss their targets."""
 _EARLY_STOP_S = 1.0
 """A video whose frames stop more than this before its stated duration is truncated."""
 
+_DECODE_THREADS = int(os.environ.get("MOODLENS_DECODE_THREADS", "0") or 0)
+
 MAX_LOSS = 0.5
 """The largest share of a video's duration (from the start time to the stated end) that may
 be lost to undecodable packets. Past it decoding fails: the results would mostly be holes."""
@@ -201,6 +203,7 @@ def _sample(path, fps, skip_nonref, start_s, stats=None, end_s=None) -> Iterator
         half = 0.5 / avg_fps
         step = 2 * half
         stream.thread_type = "AUTO"
+        stream.thread_count = _DECODE_THREADS  # 0: FFmpeg's choice (a thread a core); Ray workers set 1
         if fps is not None and skip_nonref and fps * _SPARSE_RATIO <= avg_fps:
             stream.codec_context.skip_frame = "NONREF"
         if start_s > 0:

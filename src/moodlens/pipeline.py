@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from moodlens import media
+from moodlens.engines.base import STORE_EMOTIONS
 from moodlens.errors import Cancelled, MediaError, MoodlensError, OptionError
 from moodlens.faces.align import align_batch
 from moodlens.faces.detect import detect_faces
@@ -114,8 +115,9 @@ class Analysis:
     @property
     def records(self) -> list[dict]:
         """Rows in records.csv's format (seed columns first)."""
-        from moodlens.reports.tables import record
-        return [record(o) for o in self.iter_observations()]
+        from moodlens.reports.tables import engine_of, record
+        engine = engine_of(self.models)
+        return [record(o, engine) for o in self.iter_observations()]
 
     @property
     def summary(self) -> list[dict]:
@@ -143,9 +145,10 @@ class FaceStage:
     (only its input size and template are used).
     """
 
-    def __init__(self, classifier, options: Options):
+    def __init__(self, classifier, options: Options, engine=None):
         self.classifier = classifier
         self.options = options
+        self._engine = engine  # None: the own model (``classifier``), made when first scored
         self.size = getattr(classifier, "size", None) or classifier.input_size
         self.template = np.asarray(classifier.template, np.float32)
         self.timings = {"detect": 0.0, "emotion": 0.0}
@@ -162,13 +165,24 @@ class FaceStage:
         self.timings["detect"] += time.perf_counter() - t0
         return faces
 
+    @property
+    def engine(self):
+        """What scores the emotions (:mod:`moodlens.engines`): the own model unless told otherwise."""
+        if self._engine is None:
+            from moodlens.engines.own import OwnEngine
+            self._engine = OwnEngine(self.classifier)
+        return self._engine
+
     def __call__(self, frame: Frame) -> Faces:
-        faces = self.geometry(frame)
+        return self.scored(frame, self.geometry(frame))
+
+    def scored(self, frame: Frame, faces: Faces) -> Faces:
+        """``faces`` with the engine's emotion scores (columns: ``engine.columns``)."""
         t1 = time.perf_counter()
         if len(faces):
-            faces = faces.with_(emotions=self.classifier.predict(grey_crops(faces.crops)))
+            faces = faces.with_(emotions=self.engine.score(frame.image, faces))
         else:
-            faces = faces.with_(emotions=np.zeros((0, len(EMOTIONS)), np.float32))
+            faces = faces.with_(emotions=np.zeros((0, len(self.engine.columns)), np.float32))
         self.timings["emotion"] += time.perf_counter() - t1
         return faces
 
@@ -179,8 +193,14 @@ def grey_crops(crops: np.ndarray) -> np.ndarray:
     return np.clip(grey + 0.5, 0, 255).astype(np.uint8)
 
 
-def observation_rows(stem: str, frame: Frame, faces: Faces, shot: int = 0) -> list[dict]:
-    """Database rows (percentages) for one frame's tracked faces, seen in shot ``shot``."""
+def observation_rows(stem: str, frame: Frame, faces: Faces, shot: int = 0,
+                     columns: tuple[str, ...] = EMOTIONS) -> list[dict]:
+    """Database rows (percentages) for one frame's tracked faces, seen in shot ``shot``.
+
+    ``columns`` name the emotion scores' columns (an engine's); an engine that does not fill
+    every store column gets NULL in the others, and a NaN score (no answer for that face) is NULL.
+    """
+    missing = () if columns == EMOTIONS else tuple(c for c in STORE_EMOTIONS if c not in columns)
     rows = []
     for i in range(len(faces)):
         x, y, w, h = (float(v) for v in faces.boxes[i])
@@ -189,7 +209,8 @@ def observation_rows(stem: str, frame: Frame, faces: Faces, shot: int = 0) -> li
                "time_s": frame.time_s, "track": tid, "x": x, "y": y, "w": w, "h": h,
                "score": float(faces.scores[i]), "quality": float(faces.quality[i]),
                "landmarks": np.round(faces.landmarks[i], 1).tolist(), "shot": shot}
-        row.update({c: float(p) * 100.0 for c, p in zip(EMOTIONS, faces.emotions[i])})
+        row.update({c: None if p != p else float(p) * 100.0 for c, p in zip(columns, faces.emotions[i])})
+        row.update(dict.fromkeys(missing))
         rows.append(row)
     return rows
 
@@ -269,6 +290,7 @@ def analyze(
     ray_address: str | None = None,
     segment_s: float = 60.0,
     ship_video: bool = False,
+    engine=None,
     **options,
 ) -> Analysis:
     """Analyse a video: every face in every sampled frame, with emotions and tracks.
@@ -284,9 +306,15 @@ def analyze(
     starts a local one, ``"auto"`` or ``"ray://host:10001"`` joins one) in segments of
     ``segment_s`` seconds; the tracking, naming and rows stay here and are the same.
     ``ship_video`` sends the file through Ray's object store, for workers that cannot read it.
+
+    ``engine`` (:mod:`moodlens.engines`) scores the emotions instead of the own model
+    (``classifier``); its name and version are recorded with the analysis, and a remote engine
+    (Rekognition) is called for a few frames at once while detection goes on here.
     """
     if executor not in ("local", "ray"):
         raise OptionError(f"executor {executor!r}: local or ray")
+    if engine is not None and engine.name != "own" and executor != "local":
+        raise OptionError(f"--engine {engine.name} runs with --executor local only (for now)")
     path = Path(path)
     opts = Options(fps=fps, **options)
     info = media.probe(path)  # validates the input before anything is written
@@ -294,12 +322,19 @@ def analyze(
     classifier = classifier or default_classifier()
     yunet_session()  # load models before the clock starts: throughput, not start-up, is timed below
     store = store or Store(db)
-    models = {"detector": f"yunet-2023mar-int8bq@{YUNET_SHA256[:12]}", "emotion": classifier.version}
+    models = {"detector": f"yunet-2023mar-int8bq@{YUNET_SHA256[:12]}",
+              "emotion": classifier.version if engine is None else engine.version}
+    if engine is not None and engine.name != "own":
+        models["engine"] = engine.name  # records.csv's engine column; the own model's records stay as they were
+    remote_collection = bool(opts.collection) and getattr(engine, "remote", False)
+    if remote_collection:
+        engine.check_collection(opts.collection)  # a missing collection: one line, nothing written
+        models["identity"] = f"amazon-rekognition:SearchFacesByImage/{opts.collection}"
     gallery = None
-    if opts.collection:
+    if opts.collection and not remote_collection:
         from moodlens.collections import load_gallery
         gallery = load_gallery(store, opts.collection)  # NotFoundError before any row is written
-    if opts.identity:
+    if opts.identity and not remote_collection:
         from moodlens.faces.identity import TrackBank, default_embedder
         default_embedder()
         models["identity"] = "sface-2021dec-int8bq (float32 fold)"
@@ -310,10 +345,12 @@ def analyze(
     aid = store.create_analysis(str(path.resolve()), asdict(opts), models, info_d, sha256_file(path))
     if on_start is not None:
         on_start(aid)  # e.g. a service job records its analysis before the long part
-    stage = FaceStage(classifier, opts)
+    stage = FaceStage(classifier, opts, engine)
+    columns = stage.engine.columns
     tracker = Tracker(max_missed=opts.max_missed)
     shots = ShotDetector() if opts.shot_cuts else None
-    bank = TrackBank(per_track=opts.faces_per_track) if opts.identity else None
+    bank = TrackBank(per_track=opts.faces_per_track) if opts.identity and not remote_collection else None
+    best = {} if remote_collection else None  # track -> (quality, JPEG crop): named by SearchFacesByImage
     timings = {"load_models": load_s, "decode": 0.0, "shots": 0.0, "track": 0.0, "store": 0.0}
     t_start = time.perf_counter()
     n_frames = 0
@@ -329,7 +366,7 @@ def analyze(
         shot = 0
         cuts: list[float] = []  # the sampled frames that start a new shot (the report marks them)
         timings["shot_cuts"] = cuts
-        for frame, frame_shot, faces, features, arcs in items:
+        for frame, frame_shot, faces, features, embeddings in items:
             if frame_shot != shot:
                 tracker.cut()  # nothing is associated across a cut
                 shot = frame_shot
@@ -340,12 +377,15 @@ def analyze(
             timings["track"] += time.perf_counter() - t
             if bank is not None:
                 t = time.perf_counter()
-                if arcs is not None:  # aligned where the frame was (a Ray worker): the same crops
-                    bank.add_crops(faces.track_ids.tolist(), arcs, faces.quality.tolist(), frame_index=frame.index)
+                if embeddings is not None:  # made where the frame was (a Ray worker): the same vectors
+                    bank.add_embeddings(faces.track_ids.tolist(), embeddings, faces.quality.tolist(),
+                                        frame_index=frame.index)
                 else:
                     bank.add(frame.image, faces, frame_index=frame.index)
                 timings["identity"] = timings.get("identity", 0.0) + time.perf_counter() - t
-            buffer.extend(observation_rows(stem, frame, faces, shot))
+            if best is not None:
+                _keep_best(best, frame, faces)
+            buffer.extend(observation_rows(stem, frame, faces, shot, columns))
             n_frames += 1
             if len(buffer) >= opts.write_batch:
                 t = time.perf_counter()
@@ -365,6 +405,10 @@ def analyze(
                 move_track_frames(store, aid, moves)
             store.set_person(aid, {track: name for track, (name, _) in labels.items()})
             timings["identity"] = timings.get("identity", 0.0) + time.perf_counter() - t
+        if best:
+            t = time.perf_counter()
+            store.set_person(aid, _search_tracks(engine, opts.collection, best, opts.match_threshold))
+            timings["identity"] = timings.get("identity", 0.0) + time.perf_counter() - t
     except KeyboardInterrupt:
         _record_failure(store, aid, "interrupted by the user", INTERRUPTED)
         raise
@@ -378,6 +422,8 @@ def analyze(
     if executor == "local":
         timings["decode"] -= timings["shots"]  # the decode thread's clock ran over both
         timings.update(stage.timings)
+    if hasattr(stage.engine, "stats"):
+        timings.update(stage.engine.stats())
     timings["total"] = time.perf_counter() - t_start
     timings["realtime_factor"] = info.duration_s / timings["total"] if timings["total"] > 0 else None
     try:
@@ -396,9 +442,66 @@ def _local_frames(path: Path, fps: float, stage: FaceStage, shots: ShotDetector 
                   decoded: media.DecodeStats) -> Iterator[tuple]:
     """(frame, shot, faces, appearance features, None) in order: decoded in a thread, worked here."""
     frames = media.iter_frames(path, fps=fps, stats=decoded)
+    if getattr(stage.engine, "remote", False):
+        yield from _remote_frames(prefetch(with_shots(frames, shots, timings), timings), stage)
+        return
     for frame, frame_shot in prefetch(with_shots(frames, shots, timings), timings):
         faces = stage(frame)
         yield frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None
+
+
+def _remote_frames(items: Iterator[tuple[Frame, int]], stage: FaceStage, ahead: int = 4) -> Iterator[tuple]:
+    """As :func:`_local_frames`, for a remote engine: detection runs here, in order, while the
+    engine scores up to ``ahead`` earlier frames (their calls in flight at once); results come
+    back in frame order, so tracking and rows are as if run one by one."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(ahead, thread_name_prefix="moodlens-engine") as pool:
+        def done(item):
+            frame, frame_shot, faces, future = item
+            t = time.perf_counter()
+            faces = future.result()
+            stage.timings["emotion"] += time.perf_counter() - t  # time waited on the engine, not its total
+            return frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None
+
+        def scored(frame, faces):
+            if not len(faces):
+                return faces.with_(emotions=np.zeros((0, len(stage.engine.columns)), np.float32))
+            return faces.with_(emotions=stage.engine.score(frame.image, faces))
+
+        try:
+            for frame, frame_shot in items:
+                faces = stage.geometry(frame)
+                pending.append((frame, frame_shot, faces, pool.submit(scored, frame, faces)))
+                if len(pending) >= ahead:
+                    yield done(pending.popleft())
+            while pending:
+                yield done(pending.popleft())
+        finally:
+            for item in pending:
+                item[3].cancel()
+
+
+def _keep_best(best: dict, frame: Frame, faces: Faces) -> None:
+    """Per track, the JPEG crop of its best-quality face so far (what SearchFacesByImage is sent)."""
+    from moodlens.engines.crops import face_jpeg
+
+    for i in range(len(faces)):
+        track, q = int(faces.track_ids[i]), float(faces.quality[i])
+        if track not in best or q > best[track][0]:
+            best[track] = (q, face_jpeg(frame.image, faces.boxes[i])[0])
+
+
+def _search_tracks(engine, collection: str, best: dict, threshold: float) -> dict[int, str]:
+    """Tracks named by SearchFacesByImage on their best crop (FaceMatchThreshold = ``threshold``)."""
+    names = {}
+    for track, (_, data) in sorted(best.items()):
+        match = engine.search(collection, data, threshold)
+        if match is not None:
+            names[track] = match[0]
+    return names
 
 
 def _record_failure(store: Store, aid: int, error: str, status: str = FAILED) -> bool:

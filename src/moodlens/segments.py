@@ -4,8 +4,9 @@
 whole decode samples there, :func:`moodlens.media.iter_frames`) and runs everything that
 needs the image: face detection, alignment, quality, emotions, the tracker's appearance
 descriptors, the shot detector's signature and, with identity, the 112 px ArcFace crops.
-What needs the order of the whole video (shot decisions, the tracker, the identity bank,
-the rows) stays with the driver, which takes segments in order: so a segmented run gives
+With identity on, each face's SFace embedding is made here too (only
+512 bytes travel). What needs the order of the whole video (shot decisions, the tracker,
+which embeddings the identity bank keeps, the rows) stays with the driver, which takes segments in order: so a segmented run gives
 the local run's ids exactly, with no stitching heuristics at the boundaries.
 
 Models load once per process (``default_classifier`` and the YuNet session are cached), so
@@ -33,7 +34,8 @@ class FrameResult:
     signature: tuple  # moodlens.shots.signature of the frame
     faces: Faces  # boxes, landmarks, scores, quality, emotions (no crops)
     features: np.ndarray  # (N, 320) appearance descriptors for the tracker
-    arcs: np.ndarray | None = None  # (N, 112, 112, 3) ArcFace crops when identity is on
+    embeddings: np.ndarray | None = None  # (N, 128) SFace embeddings when identity is on (made here, not
+    # on the driver: the one ordered process must not become the cluster's bottleneck)
 
 
 @dataclass
@@ -82,7 +84,7 @@ def analyze_segment(path: str | bytes, fps: float, start_s: float, end_s: float 
     import socket
 
     from moodlens import media
-    from moodlens.faces.identity import align_for_identity
+    from moodlens.faces.identity import align_for_identity, default_embedder
     from moodlens.faces.track import appearance_features
     from moodlens.pipeline import FaceStage, Options
     from moodlens.shots import signature
@@ -93,7 +95,7 @@ def analyze_segment(path: str | bytes, fps: float, start_s: float, end_s: float 
     stage = FaceStage(classifier_for(*model), opts)
     stats = media.DecodeStats()
     out: list[FrameResult] = []
-    t_decode = t_sig = 0.0
+    t_decode = t_sig = t_id = 0.0
     frames = media.iter_frames(path, fps=fps, start_s=start_s, end_s=end_s, stats=stats)
     while True:
         t = time.perf_counter()
@@ -107,9 +109,13 @@ def analyze_segment(path: str | bytes, fps: float, start_s: float, end_s: float 
         faces = stage(frame)
         n = len(faces)
         feats = appearance_features(faces.crops) if n else np.zeros((0, 320), np.float32)
-        arcs = align_for_identity(frame.image, faces.landmarks) if identity and n else None
-        out.append(FrameResult(frame.index, frame.time_s, sig, faces.with_(crops=None), feats, arcs))
-    timings = {"decode": t_decode, "shots": t_sig, **stage.timings}
+        emb = None
+        if identity and n:
+            t = time.perf_counter()
+            emb = default_embedder()(align_for_identity(frame.image, faces.landmarks))  # one face a call: as local
+            t_id += time.perf_counter() - t
+        out.append(FrameResult(frame.index, frame.time_s, sig, faces.with_(crops=None), feats, emb))
+    timings = {"decode": t_decode, "shots": t_sig, "identity": t_id, **stage.timings}
     return SegmentResult(start_s, end_s, out, list(stats.gaps), timings, socket.gethostname(), os.getpid())
 
 
@@ -123,11 +129,28 @@ def local_copy(data: bytes, suffix: str) -> Path:
     folder = Path(tempfile.gettempdir()) / "moodlens-ray"
     folder.mkdir(exist_ok=True)
     path = folder / (hashlib.sha256(data).hexdigest()[:32] + suffix)
-    if not path.exists():
+    for old in folder.iterdir():  # copies of videos last used over a day ago
+        try:
+            if old != path and time.time() - old.stat().st_mtime > 86400:
+                old.unlink()
+        except OSError:
+            pass
+    if path.exists():
+        os.utime(path)  # in use
+    else:
         tmp = folder / f".{path.name}.{os.getpid()}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, path)
     return path
 
 
-__all__ = ["FrameResult", "SegmentResult", "analyze_segment", "local_copy", "segment_bounds"]
+def warm() -> None:
+    """A Ray worker's set-up: load the models as the process starts, not in its first task."""
+    from moodlens.faces.emotion import default_classifier
+    from moodlens.models import yunet_session
+
+    default_classifier()
+    yunet_session()
+
+
+__all__ = ["FrameResult", "SegmentResult", "analyze_segment", "local_copy", "segment_bounds", "warm"]

@@ -44,13 +44,22 @@ def connect(address: str | None = None, num_cpus: int | None = None):
         return ray
     if address not in (None, "auto", "local"):
         _check_reachable(address)  # Ray itself waits about two minutes before it gives up
-    env = {"MOODLENS_ORT_THREADS": os.environ.get("MOODLENS_ORT_THREADS", "1")}  # a task is one CPU
+    env = {"MOODLENS_ORT_THREADS": os.environ.get("MOODLENS_ORT_THREADS", "1"),  # a task is one CPU:
+           "MOODLENS_DECODE_THREADS": os.environ.get("MOODLENS_DECODE_THREADS", "1")}  # not one thread a core
     try:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 configure_logging=False, log_to_driver=False, runtime_env={"env_vars": env})
+        ray.init(address=address, num_cpus=num_cpus if address in (None, "local") else None,
+                 include_dashboard=False, configure_logging=False, log_to_driver=False,
+                 runtime_env={"env_vars": env, "worker_process_setup_hook": "moodlens.segments.warm"})
     except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError, grpc's: all one line
         where = address or "a local Ray instance"
         reason = " ".join(str(e).split())[:300]
+        cause, seen = e, 0
+        while cause is not None and seen < 6:
+            if "Authentication" in type(cause).__name__:
+                reason += ("; the cluster asks for a token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                           "~/.ray/auth_token) as on the head node")
+                break
+            cause, seen = cause.__cause__ or cause.__context__, seen + 1
         raise MoodlensError(f"cannot reach the Ray cluster at {where} ({type(e).__name__}: {reason})") from None
     return ray
 
@@ -93,7 +102,7 @@ def _unwrap(e: BaseException, path: Path) -> MoodlensError:
 def segment_frames(path: Path, fps: float, duration_s: float, options: dict, identity: bool, classifier,
                    segment_s: float, address: str | None, shots, timings: dict, decoded,
                    ship_video: bool = False) -> Iterator[tuple]:
-    """(frame, shot, faces, features, arcs) for every sampled frame, in order, from Ray tasks.
+    """(frame, shot, faces, features, embeddings) for every sampled frame, in order, from Ray tasks.
     ``ship_video`` puts the file's bytes in Ray's object store once, for workers that do not
     share the driver's files (each machine keeps one copy while it works on it)."""
     import time
@@ -137,7 +146,7 @@ def segment_frames(path: Path, fps: float, duration_s: float, options: dict, ide
                     shots.update_signature(fr.signature)
                     shot = shots.shot
                 features = fr.features if len(fr.faces) else None
-                yield Frame(fr.index, fr.time_s, None), shot, fr.faces, features, fr.arcs
+                yield Frame(fr.index, fr.time_s, None), shot, fr.faces, features, fr.embeddings
     finally:
         for ref in pending:  # Ctrl-C or an error: stop what is queued or running
             ray.cancel(ref, force=True)

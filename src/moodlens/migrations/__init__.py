@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
 #: Every revision this code knows, oldest first; the last one is the head.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006")
 HEAD = REVISIONS[-1]
 #: The tables of revision 0001: a database holding ``analyses`` but no version is pre-migration.
 LEGACY_MARKER = "analyses"

@@ -138,8 +138,8 @@ def _raster_size(side: int) -> int:
 
 # -- boxes along tracks ----------------------------------------------------------------------
 def dominant(obs: dict) -> str:
-    """The emotion with the highest score in an observation."""
-    return max(EMOTIONS, key=lambda e: obs[e])
+    """The emotion with the highest score in an observation (a NULL score, none from the engine, never wins)."""
+    return max(EMOTIONS, key=lambda e: -1.0 if obs.get(e) is None else obs[e])
 
 
 @dataclass(frozen=True)

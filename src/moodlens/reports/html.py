@@ -40,6 +40,13 @@ from moodlens.reports.tables import REPORT_FROM_MODEL, SCORED, SummaryAccumulato
 COLUMNS: tuple[str, ...] = ("happy", "surprised", "calm", "sad", "angry", "disgusted", "fear", "contempt")
 assert set(COLUMNS) == set(SCORED)
 CLASS_OF = {c: REPORT_FROM_MODEL[c] for c in COLUMNS}
+
+
+def _score(o: dict, column: str) -> float:
+    """A row's score for a report column; 0 where the engine gave none (NULL: Rekognition has no
+    contempt), so that sums and the positive/negative composites stay defined."""
+    v = o.get(CLASS_OF[column])
+    return 0.0 if v is None else v
 POSITIVE: tuple[str, ...] = ("happy", "surprised")
 NEGATIVE: tuple[str, ...] = ("sad", "angry", "disgusted", "fear", "contempt")
 COLOURS = {
@@ -135,7 +142,7 @@ class PerSecond:
         b = sec // self.bin_s
         if b >= len(self.n):
             self._grow(b + 1)
-        self.sums[b] += [o[CLASS_OF[c]] for c in COLUMNS]
+        self.sums[b] += [_score(o, c) for c in COLUMNS]
         self.n[b] += 1
         if self.track_ids:
             if sec != self._second:
@@ -396,7 +403,7 @@ def _moments_table(sec, idx: list[int], key: str, cls: str, observations_by_sec)
         score = {}
         for o in obs:
             cols = POSITIVE if key == "positive" else NEGATIVE
-            score.setdefault(o["person"], []).append(sum(o[CLASS_OF[c]] for c in cols))
+            score.setdefault(o["person"], []).append(sum(_score(o, c) for c in cols))
         leaders = sorted(score, key=lambda p: -np.mean(score[p]))[:3]
         main = max((c for c in (POSITIVE if key == "positive" else NEGATIVE)), key=lambda c: np.nan_to_num(sec[c][i]))
         rows.append(
@@ -416,7 +423,8 @@ def _summary_table(summ: list[dict], thumbs: Mapping[str, str | None]) -> str:
     for r in summ:
         uri = thumbs.get(r["id"])
         img = f"<img class='thumb' alt='' src='{uri}'>" if uri else ""
-        cells = "".join(f"<td>{r[c + '_mean']:.1f}<small>{r[c + '_sum']:.0f}</small></td>" for c in COLUMNS)
+        cells = "".join("<td>–</td>" if r[c + "_mean"] is None else
+                        f"<td>{r[c + '_mean']:.1f}<small>{r[c + '_sum']:.0f}</small></td>" for c in COLUMNS)
         seconds = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
         body.append(f"<tr><td class='l'>{img}{html.escape(str(r['id']))}</td><td>{r['observations']}</td>"
                     f"<td>{seconds}</td><td>{r['first_s']:.1f}</td><td>{r['last_s']:.1f}</td>{cells}</tr>")

@@ -16,24 +16,41 @@ from pathlib import Path
 from moodlens.atomic import atomic_write
 
 SEED_COLUMNS = ("seq", "id", "happy", "sad", "angry", "confused", "disgusted", "surprised", "calm", "unknown")
-RECORD_COLUMNS = SEED_COLUMNS + ("fear", "contempt", "time_s", "frame", "track", "x", "y", "w", "h", "quality")
+# ``engine`` (last, so the seed's column positions hold): what scored the row, own or rekognition,
+# so that rows of different engines are never averaged together unnoticed
+RECORD_COLUMNS = SEED_COLUMNS + ("fear", "contempt", "time_s", "frame", "track", "x", "y", "w", "h", "quality",
+                                 "engine")
 
-# report column -> model class (None: no open model predicts it; left empty)
+# report column -> the own model's class (None: no open model predicts it; left empty)
 REPORT_FROM_MODEL: dict[str, str | None] = {
     "happy": "happiness", "sad": "sadness", "angry": "anger", "confused": None, "disgusted": "disgust",
     "surprised": "surprise", "calm": "neutral", "unknown": None, "fear": "fear", "contempt": "contempt",
 }
 SCORED = tuple(c for c, m in REPORT_FROM_MODEL.items() if m)
+# report column -> store column, whatever the engine (Rekognition fills confused and unknown)
+STORE_COLUMN: dict[str, str] = {c: m or c for c, m in REPORT_FROM_MODEL.items()}
+# summary.csv's columns: the model's eight, then the two only Rekognition fills (appended, so
+# the earlier columns keep their places)
+SUMMARIZED = SCORED + ("confused", "unknown")
 
 
-def record(obs: dict) -> dict:
-    """One observation (store row, percentages) as a records.csv row."""
+def engine_of(models: dict | None) -> str:
+    """The engine an analysis's models name (``own`` when they name none: every earlier analysis)."""
+    return (models or {}).get("engine", "own")
+
+
+def _pct(v) -> float | str:
+    return "" if v is None else round(v, 2)
+
+
+def record(obs: dict, engine: str = "own") -> dict:
+    """One observation (store row, percentages) as a records.csv row; an empty cell where the engine gave no score."""
     row = {"seq": obs["seq"], "id": obs["person"]}
-    for col, cls in REPORT_FROM_MODEL.items():
-        row[col] = "" if cls is None else round(obs[cls], 2)
+    for col, cls in STORE_COLUMN.items():
+        row[col] = _pct(obs.get(cls))
     row.update(time_s=round(obs["time_s"], 3), frame=obs["frame"], track=obs["track"],
                x=round(obs["x"], 1), y=round(obs["y"], 1), w=round(obs["w"], 1), h=round(obs["h"], 1),
-               quality=round(obs["quality"], 3))
+               quality=round(obs["quality"], 3), engine=engine)
     return {c: row[c] for c in RECORD_COLUMNS}
 
 
@@ -43,35 +60,39 @@ class SummaryAccumulator:
 
     def __init__(self, sample_fps: float | None):
         self.sample_fps = sample_fps
-        self._ids: dict[str, list] = {}  # id -> [n, first_s, last_s, sums per SCORED column]
+        # id -> [n, first_s, last_s, sums per SUMMARIZED column, scored rows per SUMMARIZED column]
+        self._ids: dict[str, list] = {}
 
     def add(self, obs: dict) -> None:
         acc = self._ids.get(obs["person"])
         t = obs["time_s"]
         if acc is None:
-            acc = self._ids[obs["person"]] = [0, t, t, [0.0] * len(SCORED)]
+            acc = self._ids[obs["person"]] = [0, t, t, [0.0] * len(SUMMARIZED), [0] * len(SUMMARIZED)]
         acc[0] += 1
         acc[1] = min(acc[1], t)
         acc[2] = max(acc[2], t)
-        sums = acc[3]
-        for i, col in enumerate(SCORED):
-            sums[i] += obs[REPORT_FROM_MODEL[col]]
+        sums, counts = acc[3], acc[4]
+        for i, col in enumerate(SUMMARIZED):
+            v = obs.get(STORE_COLUMN[col])
+            if v is not None:  # NULL: the engine gave no score; the mean is over the rows it scored
+                sums[i] += v
+                counts[i] += 1
 
     def rows(self) -> list[dict]:
         out = []
-        for person, (n, first, last, sums) in sorted(self._ids.items(), key=lambda kv: (-kv[1][0], kv[0])):
+        for person, (n, first, last, sums, counts) in sorted(self._ids.items(), key=lambda kv: (-kv[1][0], kv[0])):
             row = {"id": person, "observations": n,
                    "seconds": round(n / self.sample_fps, 2) if self.sample_fps else None,
                    "first_s": round(first, 3), "last_s": round(last, 3)}
-            for col, total in zip(SCORED, sums):
-                row[f"{col}_sum"] = round(total, 2)
-                row[f"{col}_mean"] = round(total / n, 2)
+            for col, total, k in zip(SUMMARIZED, sums, counts):
+                row[f"{col}_sum"] = round(total, 2) if k else None
+                row[f"{col}_mean"] = round(total / k, 2) if k else None
             out.append(row)
         return out
 
 
 SUMMARY_COLUMNS = ["id", "observations", "seconds", "first_s", "last_s"] + [
-    f"{c}_{k}" for c in SCORED for k in ("sum", "mean")]
+    f"{c}_{k}" for c in SUMMARIZED for k in ("sum", "mean")]
 
 
 def summary(observations: Iterable[dict], sample_fps: float | None) -> list[dict]:
@@ -110,6 +131,7 @@ def export_tables(out: Path, observations: Iterable[dict], models: dict, sample_
     memory does not grow with the number of rows. Each file is renamed into place whole.
     """
     acc = SummaryAccumulator(sample_fps)
+    engine = engine_of(models)
     paths = {"records.csv": out / "records.csv", "records.jsonl": out / "records.jsonl",
              "summary.csv": out / "summary.csv"}
 
@@ -120,7 +142,7 @@ def export_tables(out: Path, observations: Iterable[dict], models: dict, sample_
         def write_jsonl_rows(f_jsonl):
             for o in observations:
                 acc.add(o)
-                r = record(o)
+                r = record(o, engine)
                 w.writerow(r)
                 f_jsonl.write(json.dumps({**r, "shot": o.get("shot", 0), "landmarks": o.get("landmarks"),
                                           "score": round(o["score"], 4), "models": models},
