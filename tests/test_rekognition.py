@@ -368,3 +368,26 @@ def test_boto3_is_imported_only_for_the_rekognition_engine():
     code = ("import sys, moodlens.cli, moodlens.pipeline, moodlens.engines; "
             "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_eval_emotion_scores_rekognition_on_a_labelled_folder(stubbed, tmp_path):
+    """``eval emotion --engine rekognition``: one DetectFaces per image (a tight crop is sent whole),
+    accuracy over the classes Rekognition scores; a face without scores counts as unscored."""
+    import cv2
+
+    from moodlens.evaluation.emotion import evaluate_engine
+
+    client, stub = stubbed
+    rng = np.random.default_rng(0)
+    for cls in ("happy", "sad", "contempt"):
+        (tmp_path / cls).mkdir()
+        cv2.imwrite(str(tmp_path / cls / "a.png"), rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    # read_dataset sorts by class then file: contempt, happy, sad (contempt is still sent, then left out)
+    stub.add_response("detect_faces", _detect(_face(emotions={"SAD": 70.0, "HAPPY": 30.0})))
+    stub.add_response("detect_faces", _detect(_face(emotions=HAPPY)))
+    stub.add_response("detect_faces", _detect(_face()))  # no emotions: unscored
+    report = evaluate_engine(tmp_path, _engine(client))
+    assert report["calls"] == 3 and report["unscored"] == 1
+    assert report["left_out_classes"] == ["contempt"]
+    assert report["accuracy"] == 1.0 and report["accuracy_all"] == 0.5  # happy right; sad had no scores
+    assert report["model"].startswith("amazon-rekognition:DetectFaces@")

@@ -367,6 +367,8 @@ def export(analysis_id: int, out: Annotated[Path, typer.Option(help="Folder to w
   moodlens eval emotion ../shared/data/ferplus/FER2013Valid --flip-tta     (each face averaged with its mirror)
 
   moodlens eval emotion my_faces/ --emotion-model runs/emotion/emotion.json     (a model you trained)
+
+  moodlens eval emotion my_faces/ --engine rekognition --max-calls 500     (Amazon Rekognition on your faces)
 """)
 @friendly
 def eval_emotion(
@@ -375,15 +377,36 @@ def eval_emotion(
     limit: Annotated[Optional[int], typer.Option(help="Score only the first N images.")] = None,
     flip_tta: FlipOpt = False,
     emotion_model: EmotionModelOpt = None,
+    engine: Annotated[str, typer.Option(help="own (the shipped model) or rekognition (Amazon Rekognition "
+                                             "DetectFaces, one call per image: pip install 'moodlens[aws]').")]
+    = "own",
+    region: Annotated[Optional[str], typer.Option(help="With --engine rekognition: the AWS region.")] = None,
+    max_calls: Annotated[Optional[int], typer.Option(help="With --engine rekognition: refuse a folder that "
+                                                          "needs more calls than this.", min=1)] = None,
 ):
     """Accuracy, per-class recall, confusion matrix and calibration error (ECE) of the emotion model;
     with FER+ votes, also the ECE against the votes (the share of annotators who chose each prediction)."""
-    from moodlens.evaluation.emotion import evaluate_dataset
+    from moodlens.evaluation.emotion import evaluate_dataset, evaluate_engine, read_dataset
 
+    if engine not in ("own", "rekognition"):
+        raise MoodlensError(f"--engine {engine!r}: own or rekognition")
     with progress_bar() as bar:
         task = bar.add_task(data.name, total=None)
-        report = evaluate_dataset(data, classifier=emotion_classifier(emotion_model, flip_tta), limit=limit,
-                                  progress=lambda i, n: bar.update(task, completed=i, total=n))
+        if engine == "rekognition":
+            from moodlens.engines.rekognition import RekognitionEngine
+
+            n = len(read_dataset(data)[1]) if limit is None else min(limit, len(read_dataset(data)[1]))
+            if max_calls is not None and n > max_calls:
+                raise MoodlensError(f"{data}: {n} images need {n} DetectFaces calls, over --max-calls {max_calls}")
+            rek = RekognitionEngine(region=region, max_calls=max_calls)
+            try:
+                report = evaluate_engine(data, rek, limit=limit,
+                                         progress=lambda i, n: bar.update(task, completed=i, total=n))
+            finally:
+                rek.close()
+        else:
+            report = evaluate_dataset(data, classifier=emotion_classifier(emotion_model, flip_tta), limit=limit,
+                                      progress=lambda i, n: bar.update(task, completed=i, total=n))
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -392,8 +415,13 @@ def eval_emotion(
     out_console.print(f"accuracy {report['accuracy']:.4f}   balanced {report['balanced_accuracy']:.4f}   "
                       f"ECE {report['ece']:.4f}"
                       + (f" (against the votes {report['ece_votes']:.4f})" if "ece_votes" in report else "")
-                      + f"   flip agreement {report['flip_agreement']:.4f}   "
-                      f"{report['ms_per_face']:.2f} ms/face")
+                      + (f"   flip agreement {report['flip_agreement']:.4f}" if report['flip_agreement'] ==
+                         report['flip_agreement'] else "")
+                      + f"   {report['ms_per_face']:.2f} ms/face")
+    if "unscored" in report:
+        out_console.print(f"{report['calls']} DetectFaces calls; {report['unscored']} faces got no scores "
+                          f"(accuracy counting them wrong: {report['accuracy_all']:.4f}); not scored by the engine: "
+                          f"{', '.join(report['left_out_classes']) or 'none'}")
     cm = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
     cm.add_column("true \\ pred")
     for c in report["classes"]:

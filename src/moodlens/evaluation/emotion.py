@@ -119,3 +119,62 @@ def evaluate_dataset(root: Path, classifier: EmotionClassifier | None = None, li
         flip_agreement=float((probs[:, present].argmax(1) == flipped[:, present].argmax(1)).mean()),
     )
     return report
+
+
+def engine_image(image: np.ndarray) -> tuple[bytes, tuple[float, float]]:
+    """What a remote engine is sent for one labelled image: its largest face's padded crop, or the
+    whole image when it is already a tight face crop (FER+'s 48 px faces, enlarged as for video)."""
+    from moodlens.engines.crops import face_jpeg
+
+    h, w = image.shape[:2]
+    if max(h, w) > 96:
+        faces = detect_faces(image)
+        if len(faces) == 0:
+            faces = detect_faces(image, threshold=0.5)
+        if len(faces):
+            i = int(np.argmax(faces.areas))
+            if faces.areas[i] < FULL_IMAGE_FACE_FRACTION * h * w:
+                return face_jpeg(image, faces.boxes[i])
+    return face_jpeg(image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), [0, 0, w, h])
+
+
+def evaluate_engine(root: Path, engine, limit: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> dict:
+    """The same report as :func:`evaluate_dataset` for a remote engine (Rekognition), over the
+    FER+ classes it scores (not contempt). A face it returns no scores for counts as wrong in
+    ``accuracy_all`` and is left out of the rest (``unscored``)."""
+    layout, paths, labels, shares = read_dataset(Path(root))
+    if limit:
+        paths, labels = paths[:limit], labels[:limit]
+        shares = None if shares is None else shares[:limit]
+    jobs = []
+    t = time.perf_counter()
+    for p in paths:
+        data, centre = engine_image(read_image(p))
+        jobs.append(engine.pool.submit(engine.detect, data, centre, f"{p.name}"))
+    scores = []
+    for i, j in enumerate(jobs):
+        scores.append(j.result())
+        if progress:
+            progress(i + 1, len(jobs))
+    ms = (time.perf_counter() - t) / max(1, len(jobs)) * 1000
+    probs = np.zeros((len(scores), len(EMOTIONS)), np.float64)
+    cols = {c: k for k, c in enumerate(engine.columns)}
+    for k, e in enumerate(EMOTIONS):
+        if e in cols:
+            probs[:, k] = [s[cols[e]] for s in scores]
+    scored = ~np.isnan(probs).any(1)
+    present = [c for c in sorted(set(labels.tolist())) if EMOTIONS[c] in cols]
+    keep = scored & np.isin(labels, present)
+    sub = restrict(probs[keep], present)
+    remap = {c: i for i, c in enumerate(present)}
+    y = np.array([remap[v] for v in labels[keep]])
+    report = classification_report(sub, y, [EMOTIONS[c] for c in present],
+                                   None if shares is None else restrict(shares[keep], present))
+    in_classes = np.isin(labels, present)
+    report.update(model=engine.version, layout=layout, data=str(root), ms_per_face=ms, flip_agreement=float("nan"),
+                  unscored=int((~scored & in_classes).sum()),
+                  accuracy_all=float((sub.argmax(1) == y).sum() / max(1, in_classes.sum())),
+                  left_out_classes=[EMOTIONS[c] for c in sorted(set(labels.tolist())) if EMOTIONS[c] not in cols],
+                  calls=engine.calls, bytes_sent=engine.bytes_sent)
+    return report
