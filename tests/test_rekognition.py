@@ -391,3 +391,27 @@ def test_eval_emotion_scores_rekognition_on_a_labelled_folder(stubbed, tmp_path)
     assert report["left_out_classes"] == ["contempt"]
     assert report["accuracy"] == 1.0 and report["accuracy_all"] == 0.5  # happy right; sad had no scores
     assert report["model"].startswith("amazon-rekognition:DetectFaces@")
+
+
+def test_service_job_with_the_rekognition_engine_fails_in_one_line_without_credentials(tmp_path):
+    """A job can ask for the Rekognition engine (the server's AWS credentials); without any, the job
+    fails with the one-line reason and the server goes on."""
+    import os
+
+    from service_util import running_server
+
+    if not CLIP.exists():
+        pytest.skip(f"sample clip {CLIP} not found")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_DEFAULT_REGION="eu-west-1")
+    with running_server(tmp_path / "srv", env=env) as server, server.client() as c:
+        with open(CLIP, "rb") as f:
+            r = c.post("/api/videos", files={"file": (CLIP.name, f, "video/mp4")}, data={"engine": "rekognition"})
+        assert r.status_code == 201, r.text
+        job = server.wait_job(r.json()["job_id"])
+        assert job["status"] == "failed" and "no AWS credentials" in job["error"]
+        assert job["options"]["engine"] == "rekognition"
+        with open(CLIP, "rb") as f:
+            bad = c.post("/api/videos", files={"file": (CLIP.name, f, "video/mp4")}, data={"engine": "clarifai"})
+        assert bad.status_code == 422 and "own or rekognition" in bad.text

@@ -155,9 +155,19 @@ def job_options(fields: dict[str, str]) -> dict[str, Any]:
     collection = (fields.get("collection") or "").strip() or None
     if collection is not None and len(collection) > 255:
         raise HTTPException(422, "collection names have at most 255 characters")
-    return {"fps": fps, "collection": collection, "report": _flag(fields.get("report"), True),
-            "emoji_video": _flag(fields.get("emoji_video"), False),
-            "blur_unknown": _flag(fields.get("blur_unknown"), False)}
+    engine = (fields.get("engine") or "own").strip().lower()
+    if engine not in ("own", "rekognition"):
+        raise HTTPException(422, f"engine {fields.get('engine')!r}: own or rekognition")
+    if engine == "rekognition":
+        import importlib.util
+        if importlib.util.find_spec("boto3") is None:
+            raise HTTPException(422, "engine rekognition needs boto3 on the server: pip install 'moodlens[aws]'")
+    out = {"fps": fps, "collection": collection, "report": _flag(fields.get("report"), True),
+           "emoji_video": _flag(fields.get("emoji_video"), False),
+           "blur_unknown": _flag(fields.get("blur_unknown"), False)}
+    if engine != "own":
+        out["engine"] = engine  # own jobs keep their options as before
+    return out
 
 
 def _offline_docs(app: FastAPI) -> None:
@@ -326,7 +336,8 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
     @app.post("/api/videos", status_code=201, response_model=Created, tags=["jobs"],
               summary="Upload a video; it is queued for analysis",
               description="multipart/form-data: `file` (the video) and optional `fps` (default 2), `collection`, "
-                          "`report` (default true), `emoji_video`, `blur_unknown`. The size limit and SHA-256 are "
+                          "`report` (default true), `emoji_video`, `blur_unknown`, `engine` (own or rekognition: "
+                          "the server's AWS credentials). The size limit and SHA-256 are "
                           "applied while streaming; the file is probed before it is queued (415/422 if it is not "
                           "a readable video).")
     async def upload(request: Request, who: Uploader) -> Created:

@@ -170,10 +170,18 @@ def run_job(db: str, job_id: int, attempt: int, data_dir: str, executor: str = "
                 raise Cancelled(f"job {job_id}: the server is stopping")
             tr.report(done / total if total else 0.0)
 
-        result = analyze(job.video, fps=float(opts.get("fps") or 2.0), store=store,
-                         collection=opts.get("collection") or None, name=job.filename, progress=progress,
-                         on_start=on_start, executor=executor, ray_address=ray_address, segment_s=segment_s,
-                         ship_video=ship_video)
+        engine = None
+        if opts.get("engine", "own") != "own":  # the server's credentials, the usual boto3 chain
+            from moodlens.engines import make_engine
+            engine = make_engine(opts["engine"])
+        try:
+            result = analyze(job.video, fps=float(opts.get("fps") or 2.0), store=store, engine=engine,
+                             collection=opts.get("collection") or None, name=job.filename, progress=progress,
+                             on_start=on_start, executor=executor, ray_address=ray_address, segment_s=segment_s,
+                             ship_video=ship_video)
+        finally:
+            if engine is not None and hasattr(engine, "close"):
+                engine.close()  # its call threads
         aid = result.id
         out = analysis_dir(data_dir, aid)
         tr.start("tables")
