@@ -164,6 +164,8 @@ def register_console(app: FastAPI) -> None:
                         "log in with a viewer, upload or admin token."}, 403)
         return who
 
+    app.state.page, app.state.viewer = page, viewer  # the live pages are made the same way (live_pages.py)
+
     def _cookie(resp: Response, request: Request, token: str) -> None:
         resp.set_cookie(auth.COOKIE, token, max_age=COOKIE_MAX_AGE, path="/", httponly=True, samesite="strict",
                         secure=request.url.scheme == "https")

@@ -13,23 +13,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import jinja2
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
 
-from moodlens import __version__
 from moodlens.errors import NotFoundError
-from moodlens.service import auth
-from moodlens.service.console import CSP, _iso, _seconds, _utc, _when
-from moodlens.service.live_api import LiveSessionOut
+from moodlens.service.console import _iso, _seconds, _utc, _when
+from moodlens.service.live_api import LiveSessionOut, _lag
 from moodlens.types import EMOTIONS
 
-HERE = Path(__file__).parent
 RECENT_S = 24 * 3600  # closed sessions this recent are listed under the live ones
 WINDOWS = (60, 300, 600)  # the dashboard's timeline spans (s); the server keeps 600 s per session
 
@@ -55,42 +48,16 @@ def session_view(row, lag: float | None) -> dict[str, Any]:
 
 def register_live_pages(app: FastAPI) -> None:
     """Add /live and /live/{session_id} to ``app`` (``/static`` is mounted by the console)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(version=__version__, emotions=EMOTIONS)
-    templates = Jinja2Templates(env=env)
-
+    # the console's page() and viewer() (register_console puts them on app.state): the same
+    # templates, headers, login redirect and refusal of ingest tokens as every console page
     def page(request: Request, name: str, context: dict, status: int = 200) -> HTMLResponse:
-        who = context.get("who")
-        context = {"logged_in": bool(who) and bool(request.cookies.get(auth.COOKIE))
-                   and not request.headers.get("authorization"), **context}
-        resp = templates.TemplateResponse(request, name, context, status_code=status)
-        resp.headers.update({"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                             "Referrer-Policy": "same-origin", "Cache-Control": "no-store"})
-        return resp
+        return app.state.page(request, name, {"emotions": EMOTIONS, **context}, status)
 
     def viewer(request: Request) -> dict | Response:
-        """The principal, or what replaces the page: /login (no valid token) or a 403 page (ingest)."""
-        try:
-            who = app.state.principal(request)
-        except HTTPException as e:
-            if e.status_code != 401:
-                raise
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            resp = RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
-            if request.cookies.get(auth.COOKIE):  # a revoked or unknown token: forget it
-                resp.delete_cookie(auth.COOKIE, path="/", httponly=True, samesite="strict",
-                                   secure=request.url.scheme == "https")
-            return resp
-        if who["role"] == "ingest":
-            return page(request, "error.html", {"who": who, "title": "Not allowed", "message":
-                        f"Token {who['name']!r} has the ingest role, which is for live batches only; "
-                        "log in with a viewer, upload or admin token."}, 403)
-        return who
+        return app.state.viewer(request)
 
     def lag(row) -> float | None:
-        view = app.state.live.views().get(row.id)
-        return None if view is None or view.last_ingest_lag_s is None else round(view.last_ingest_lag_s, 3)
+        return _lag(app.state.live, row)
 
     @app.get("/live", include_in_schema=False)
     def live_list(request: Request):
