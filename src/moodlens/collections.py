@@ -210,6 +210,18 @@ def _collection_id(s, name: str, create: bool = False) -> int:
     return cid
 
 
+def enrolment_faces(image: np.ndarray, path, person: str, largest: bool) -> Faces:
+    """The photo's faces, largest first, once it is fit to enrol ``person`` from: one face, or
+    several with ``largest``; else the one-line ``EnrolmentError`` (shared by every engine)."""
+    faces = faces_in_photo(image)
+    if len(faces) == 0:
+        raise EnrolmentError(f"{path}: no face found; use a photo that shows {person}'s face clearly")
+    if len(faces) > 1 and not largest:
+        raise EnrolmentError(f"{path}: {len(faces)} faces found; use a photo of {person} alone, "
+                             "or pass --largest to enrol the largest face")
+    return faces
+
+
 def enroll(store: Store, collection: str, person: str, images: list[Path], largest: bool = False,
            keep_faces: bool = False, embedder: Embedder | None = None) -> list[EnrolResult]:
     """Enrol photos of one person into a collection (created if new); all or nothing.
@@ -231,12 +243,7 @@ def enroll(store: Store, collection: str, person: str, images: list[Path], large
     prepared = []
     for path in paths:
         image, sha = read_image(path)
-        faces = faces_in_photo(image)
-        if len(faces) == 0:
-            raise EnrolmentError(f"{path}: no face found; use a photo that shows {person}'s face clearly")
-        if len(faces) > 1 and not largest:
-            raise EnrolmentError(f"{path}: {len(faces)} faces found; use a photo of {person} alone, "
-                                 "or pass --largest to enrol the largest face")
+        faces = enrolment_faces(image, path, person, largest)
         face = faces[0]
         quality, warns = face_warnings(image, face)
         crop = align_for_identity(image, face.landmarks)

@@ -320,7 +320,8 @@ def analyze(
     info = media.probe(path)  # validates the input before anything is written
     t_load = time.perf_counter()
     classifier = classifier or default_classifier()
-    yunet_session()  # load models before the clock starts: throughput, not start-up, is timed below
+    if executor == "local":  # on Ray the workers detect; the driver never does
+        yunet_session()  # load models before the clock starts: throughput, not start-up, is timed below
     store = store or Store(db)
     models = {"detector": f"yunet-2023mar-int8bq@{YUNET_SHA256[:12]}",
               "emotion": classifier.version if engine is None else engine.version}

@@ -50,6 +50,7 @@ class FaceIn:
     emotions: list[float] | None = None  # 8 probabilities (scores mode)
     track: int | None = None  # the device's track id (scores mode)
     embedding: np.ndarray | None = None  # (128,) SFace embedding made on the device (scores mode, collection)
+    grey: np.ndarray | None = None  # the crop decoded, on the server only (decoded once, scored and tracked)
 
 
 @dataclass

@@ -241,7 +241,7 @@ def enroll(engine: RekognitionEngine, collection: str, person: str, images: list
     All photos are checked locally first (one face, or ``largest``), so a bad photo is refused
     before anything is indexed. Only the padded face crop is sent, never the whole photo.
     """
-    from moodlens.collections import expand_images, faces_in_photo, read_image
+    from moodlens.collections import enrolment_faces, expand_images, read_image
     from moodlens.errors import EnrolmentError
 
     if not EXTERNAL_ID.match(person):
@@ -249,12 +249,7 @@ def enroll(engine: RekognitionEngine, collection: str, person: str, images: list
     prepared = []
     for path in expand_images(images):
         image, _ = read_image(path)
-        faces = faces_in_photo(image)
-        if len(faces) == 0:
-            raise EnrolmentError(f"{path}: no face found; use a photo that shows {person}'s face clearly")
-        if len(faces) > 1 and not largest:
-            raise EnrolmentError(f"{path}: {len(faces)} faces found; use a photo of {person} alone, "
-                                 "or pass --largest to enrol the largest face")
+        faces = enrolment_faces(image, path, person, largest)
         prepared.append((path, face_jpeg(image, faces.boxes[0])[0]))
     if not prepared:
         raise EnrolmentError("no photos given")

@@ -114,7 +114,8 @@ def segment_frames(path: Path, fps: float, duration_s: float, options: dict, ide
     card = getattr(getattr(classifier, "card", None), "path", None)
     model = (str(card) if card else None, bool(getattr(classifier, "flip", False)))  # the driver's model, there
     bounds = deque(segment_bounds(duration_s, segment_s, fps))
-    timings.update(executor="ray", segments=len(bounds), workers=set())
+    timings.update(executor="ray", segments=len(bounds))
+    workers: set[str] = set()  # the worker processes that ran a segment
     window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     pending: deque = deque()
     busy = {"decode": 0.0, "shots": 0.0, "detect": 0.0, "emotion": 0.0}
@@ -136,7 +137,7 @@ def segment_frames(path: Path, fps: float, duration_s: float, options: dict, ide
                 raise _unwrap(e, path) from None
             timings["wait"] = timings.get("wait", 0.0) + time.perf_counter() - t
             submit()
-            timings["workers"].add(f"{result.host}:{result.pid}")
+            workers.add(f"{result.host}:{result.pid}")
             decoded.gaps.extend(result.gaps)
             for k in busy:
                 busy[k] += result.timings.get(k, 0.0)
@@ -151,7 +152,7 @@ def segment_frames(path: Path, fps: float, duration_s: float, options: dict, ide
         for ref in pending:  # Ctrl-C or an error: stop what is queued or running
             ray.cancel(ref, force=True)
         timings.update({f"workers_{k}": round(v, 4) for k, v in busy.items()})
-        timings["workers"] = len(timings["workers"]) if isinstance(timings["workers"], set) else timings["workers"]
+        timings["workers"] = len(workers)
 
 
 class RayExecutor:

@@ -22,7 +22,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,6 +254,7 @@ class LiveIngest:
                     g = cv2.imdecode(np.frombuffer(f.crop, np.uint8), cv2.IMREAD_GRAYSCALE)
                     if g is None or g.shape != (size, size):
                         raise BatchError(f"a crop of batch {b.seq} is not a {size}x{size} image")
+                    f.grey = g  # the tracker's thumbnail is made from it too
                     greys.append(g)
                     where.append((bi, fi))
         probs = self.classifier.predict(np.stack(greys)) if greys else np.zeros((0, len(EMOTIONS)), np.float32)
@@ -375,8 +375,8 @@ class LiveIngest:
             if s.mode == "crops":
                 feats = None
                 if n:
-                    greys = [cv2.imdecode(np.frombuffer(f.crop, np.uint8), cv2.IMREAD_GRAYSCALE) for f in fr.faces]
-                    feats = combine_features(thumbnail_features(greys), np.stack([f.hist for f in fr.faces]))
+                    feats = combine_features(thumbnail_features([f.grey for f in fr.faces]),
+                                             np.stack([f.hist for f in fr.faces]))
                 ids = s.tracker.update(faces, feats)
             else:
                 ids = np.array([f.track for f in fr.faces], np.int64).reshape(n)
