@@ -139,13 +139,15 @@ class _OneTrack:
     """A tracker that gives every face track 0 and ignores cuts: the worst case of a track
     jumping from one person to another, for the split to undo."""
 
+    embed = None  # no re-acquisition check either
+
     def __init__(self, *args, **kwargs):
         pass
 
     def cut(self) -> None:
         pass
 
-    def update(self, faces, features=None):
+    def update(self, faces, features=None, grey=None):
         return [0] * len(faces)
 
 

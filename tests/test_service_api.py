@@ -377,6 +377,16 @@ def test_collections_enrol_list_delete(server, tmp_path):
         r = c.post("/api/collections/cast/people", data={"person": "x"}, files=[("file", ("a.jpg", b"not an image"))])
         assert r.status_code == 422 and str(server.data_dir) not in detail(r)
         assert c.post("/api/collections/cast/people", data={"person": "x"}).status_code == 422
+        big = os.urandom(101 * 2**20)  # over the 100 MB an enrolment may send, declared and chunked
+        r = c.post("/api/collections/cast/people", data={"person": "x"}, files=[("file", ("big.jpg", big))])
+        assert r.status_code == 413 and "at most 100 MB" in detail(r)
+
+        def chunked():
+            body = multipart(b"big.jpg", big, {"person": "x"})
+            for i in range(0, len(body), 2**20):
+                yield body[i:i + 2**20]
+        r = c.post("/api/collections/cast/people", content=chunked(), headers=MP)
+        assert r.status_code == 413 and "at most 100 MB" in detail(r)
         assert c.delete("/api/collections/cast/people/paul_rudd").status_code == 204
         assert c.delete("/api/collections/cast/people/paul_rudd").status_code == 404
         cast = next(x for x in c.get("/api/collections").json() if x["name"] == "cast")

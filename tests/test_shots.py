@@ -117,3 +117,27 @@ def test_concatenated_clips_of_two_people_never_share_a_track(tmp_path):
 def test_clip_without_cuts_is_one_shot(tmp_path):
     a = moodlens.analyze(shared("video", "pyfeat", "WolfgangLanger_Pexels.mp4"), db=f"sqlite:///{tmp_path / 'm.db'}")
     assert a.observations and {o["shot"] for o in a.observations} == {0}
+
+
+@pytest.mark.slow
+def test_another_person_after_an_occlusion_never_takes_the_track(tmp_path):
+    """Without a cut to end the track (cut detection off here, as for a cut it would miss): person A,
+    one second with no face (an occlusion: the track is missed twice and kept), then person B at A's
+    place. The tracker's cheap descriptor lets B through; the re-acquisition check must not."""
+    a_clip = shared("video", "liveportrait_driving", "d10.mp4")
+    gap = shared("video", "pyfeat", "no_face.mp4")
+    b_clip = shared("video", "liveportrait_driving", "d14.mp4")
+    video = tmp_path / "occluded.mp4"
+    gap_start, b_start = concat_clips([(a_clip, 3.2), (gap, 1.0), (b_clip, 3.2)], video)
+
+    def spans(**options) -> list[int]:
+        a = moodlens.analyze(video, db=f"sqlite:///{tmp_path / 'm.db'}", shot_cuts=False, **options)
+        assert {o["time_s"] < gap_start for o in a.observations} == {True, False}  # both people are seen
+        assert not any(gap_start <= o["time_s"] < b_start for o in a.observations)  # and no face in the gap
+        return [t for t, obs in a.tracks.items() if len({o["time_s"] < b_start for o in obs}) == 2], a
+
+    switched, _ = spans(check_tracks=False)
+    assert switched, "the clip no longer challenges the tracker: pick a harder pair"
+    switched, a = spans()
+    assert not switched, f"tracks {switched} hold both people"
+    assert a.timings["track_checks"] >= 1 and a.timings["track_refused"] >= 1

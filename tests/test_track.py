@@ -135,3 +135,98 @@ def test_many_faces_random_walk_keep_ids(seed):
     seen = run(Tracker(), frames, seed=seed)
     for i in range(6):
         assert len({s[i] for s in seen if i in s}) == 1
+
+
+# -- the re-acquisition check (identity vectors for the pairings the tracker is unsure of) -------
+class FakeEmbed:
+    """Grey crops that are flat images of one value: that value is the person, and each person has
+    a fixed random unit vector (people 1 and 2 look alike: cosine about 0.7). Counts its calls."""
+
+    def __init__(self):
+        rng = np.random.default_rng(7)
+        v = rng.normal(size=(8, 16))
+        v[2] = v[1] / np.linalg.norm(v[1]) + v[2] / np.linalg.norm(v[2])
+        self.vectors = v / np.linalg.norm(v, axis=1, keepdims=True)
+        self.calls = 0
+
+    def __call__(self, grey):
+        self.calls += len(grey)
+        return self.vectors[np.asarray(grey)[:, 0, 0]].astype(np.float32)
+
+
+def crops(*people) -> np.ndarray:
+    return np.stack([np.full((8, 8), p, np.uint8) for p in people]) if people else np.zeros((0, 8, 8), np.uint8)
+
+
+def test_a_face_coming_back_is_checked_and_another_person_starts_a_new_track():
+    for other, same_track in ((3, False), (0, True)):
+        embed = FakeEmbed()
+        t = Tracker(embed=embed)
+        box = faces((100, 100, 60, 60))
+        for _ in range(3):
+            assert t.update(box, grey=crops(0)).tolist() == [0]
+        assert embed.calls == 0  # confident pairings cost nothing
+        t.update(faces(), grey=crops())  # an occlusion: the track is missed
+        assert t.update(box, grey=crops(other)).tolist() == ([0] if same_track else [1])
+        assert embed.calls == 2 and t.stats["checks"] == 1 and t.stats["refused"] == (not same_track)
+        # Without the crops (or without ``embed``) nothing is checked: the old behaviour.
+        t2 = Tracker()
+        for g in (0, 0, None, other):
+            t2.update(box if g is not None else faces(), grey=None if g is None else crops(g))
+        assert t2.stats["checks"] == 0 and t2.tracks[0].id == 0 and len(t2.tracks) == 1
+
+
+def test_a_large_appearance_change_is_checked_without_a_miss_when_asked():
+    embed = FakeEmbed()
+    t = Tracker(embed=embed)
+    box = faces((100, 100, 60, 60))
+    e = np.eye(4)
+    mid = np.array([[np.cos(0.9), np.sin(0.9), 0, 0]])  # descriptor distance 0.38: under the gate
+    t.update(box, e[:1], crops(0))
+    assert t.update(box, mid, crops(4)).tolist() == [0] and embed.calls == 0  # by default only misses
+    t = Tracker(embed=embed, check_app_dist=0.3)
+    t.update(box, e[:1], crops(0))
+    near = np.array([[np.cos(0.6), np.sin(0.6), 0, 0]])  # descriptor distance 0.175: sure, not checked
+    assert t.update(box, near, crops(3)).tolist() == [0] and embed.calls == 0
+    far = np.array([[np.cos(1.2), np.sin(1.2), 0, 0]])  # distance over 0.45: gated out, never checked
+    assert t.update(box, far, crops(3)).tolist() == [1]
+    # between the check (0.3) and the gate (0.45): checked, and another person is refused
+    t = Tracker(embed=embed, check_app_dist=0.3)
+    t.update(box, e[:1], crops(0))
+    assert t.update(box, mid, crops(4)).tolist() == [1] and t.stats["refused"] == 1
+    t = Tracker(embed=embed, check_app_dist=0.3)
+    t.update(box, e[:1], crops(1))
+    assert t.update(box, mid, crops(2)).tolist() == [0]  # a lookalike above 0.3 is let through
+
+
+def test_a_refused_face_can_take_the_right_track():
+    """Two faces come back after an occlusion, each nearer the other's old place: motion prefers
+    the swap, the check refuses it, and the assignment solved again gives each its own track."""
+    embed = FakeEmbed()
+    t = Tracker(embed=embed)
+    first = t.update(faces((100, 100, 60, 60), (150, 100, 60, 60)), grey=crops(0, 3))
+    assert first.tolist() == [0, 1]
+    t.update(faces(), grey=crops())
+    ids = t.update(faces((145, 100, 60, 60), (105, 100, 60, 60)), grey=crops(0, 3))
+    assert ids.tolist() == [0, 1], ids
+    assert t.stats["refused"] >= 1
+
+
+def test_state_keeps_fresh_vectors_and_never_crops():
+    embed = FakeEmbed()
+    t = Tracker(embed=embed)
+    box = faces((100, 100, 60, 60))
+    t.update(box, grey=crops(0))
+    t.update(faces(), grey=crops())
+    t.update(box, grey=crops(0))  # checked: the track's vector is now its last face's
+    t.update(faces(), grey=crops())
+    state = t.state()
+    assert all(v.dtype != np.uint8 for v in state.values())  # no image in it
+    assert state["has_ref"].tolist() == [True] and state["ref_fresh"].tolist() == [True]
+    restored = Tracker.from_state(state, embed=embed)
+    for tracker in (t, restored):  # both refuse another person, with the same vectors
+        assert tracker.update(box, grey=crops(3)).tolist() == [1]
+    # a state saved before the check existed still loads (no vectors: nothing to check against)
+    old = {k: v for k, v in state.items() if k not in ("has_ref", "refs", "ref_fresh")}
+    old["params"] = old["params"][:4]
+    assert Tracker.from_state(old).update(box).tolist() == [0]

@@ -59,6 +59,9 @@ def analyze(
                                                    min=0, max=100)] = 70.0,
     reid: Annotated[Optional[bool], typer.Option("--reid/--no-reid", help="Give an unknown person who leaves and "
                                                  "comes back one id (face embeddings) [default: on with --collection].")] = None,
+    check_tracks: Annotated[bool, typer.Option("--check-tracks/--no-check-tracks", help="Check with SFace that a "
+                                               "face coming back after a miss is the track's person before it "
+                                               "joins the track.")] = True,
     emoji_video: Annotated[bool, typer.Option("--emoji-video", help="Also write emoji.mp4 (every frame, original audio).")] = False,
     report: Annotated[bool, typer.Option("--report", help="Also write the self-contained report.html.")] = False,
     blur_unknown: Annotated[bool, typer.Option("--blur-unknown", help="In emoji.mp4, blur unknown faces instead.")] = False,
@@ -109,7 +112,7 @@ def analyze(
     if out is not None:
         check_out_folder(out)  # before minutes of work, not after
     run_kw = dict(fps=fps, db=db, collection=collection, match_threshold=match_threshold, reid=reid,
-                  classifier=emotion_classifier(emotion_model, flip_tta), executor=executor,
+                  check_tracks=check_tracks, classifier=emotion_classifier(emotion_model, flip_tta), executor=executor,
                   ray_address=ray_address, segment_s=segment_s, ship_video=ship_video)
     if engine == "rekognition":
         run_kw["engine"] = _rekognition_engine(paths, fps, max_calls, region, max_in_flight)

@@ -51,6 +51,7 @@ class Options:
     reid: bool | None = None  # merge an unknown person's tracks; None: on when a collection is given
     faces_per_track: int = 5  # best-quality faces embedded per track
     shot_cuts: bool = True  # detect shot cuts between sampled frames; a cut ends every track
+    check_tracks: bool = True  # check unsure pairings (re-acquisitions) with SFace before a track takes them
 
     def __post_init__(self) -> None:
         # inf or nan would pass a plain "> 0" check and fail much later (nan compares False)
@@ -348,7 +349,7 @@ def analyze(
         on_start(aid)  # e.g. a service job records its analysis before the long part
     stage = FaceStage(classifier, opts, engine)
     columns = stage.engine.columns
-    tracker = Tracker(max_missed=opts.max_missed)
+    tracker = Tracker(max_missed=opts.max_missed, embed=track_embedder(stage, opts))
     shots = ShotDetector() if opts.shot_cuts else None
     bank = TrackBank(per_track=opts.faces_per_track) if opts.identity and not remote_collection else None
     best = {} if remote_collection else None  # track -> (quality, JPEG crop): named by SearchFacesByImage
@@ -367,13 +368,13 @@ def analyze(
         shot = 0
         cuts: list[float] = []  # the sampled frames that start a new shot (the report marks them)
         timings["shot_cuts"] = cuts
-        for frame, frame_shot, faces, features, embeddings in items:
+        for frame, frame_shot, faces, features, embeddings, grey in items:
             if frame_shot != shot:
                 tracker.cut()  # nothing is associated across a cut
                 shot = frame_shot
                 cuts.append(round(frame.time_s, 3))
             t = time.perf_counter()
-            ids = tracker.update(faces, features)
+            ids = tracker.update(faces, features, grey)
             faces = faces.with_(track_ids=np.asarray(ids, np.int64))
             timings["track"] += time.perf_counter() - t
             if bank is not None:
@@ -420,6 +421,9 @@ def analyze(
         if isinstance(e, MoodlensError):
             raise
         raise MediaError(f"{path}: analysis failed ({type(e).__name__}: {e})") from e
+    if tracker.embed is not None:  # the re-acquisition check's share of "track", and how often it ran
+        timings.update(track_check=tracker.stats["check_s"], track_checks=tracker.stats["checks"],
+                       track_refused=tracker.stats["refused"])
     if executor == "local":
         timings["decode"] -= timings["shots"]  # the decode thread's clock ran over both
         timings.update(stage.timings)
@@ -439,16 +443,30 @@ def analyze(
     return analysis
 
 
+def track_embedder(stage: FaceStage, opts: Options):
+    """What the tracker checks unsure pairings with: SFace on the emotion model's grey crops
+    (:class:`moodlens.faces.identity.CropEmbedder`), or None when ``check_tracks`` is off."""
+    if not opts.check_tracks:
+        return None
+    from moodlens.faces.identity import CropEmbedder
+    return CropEmbedder(stage.size, stage.template)
+
+
+def _grey(faces: Faces):
+    return grey_crops(faces.crops) if len(faces) else None
+
+
 def _local_frames(path: Path, fps: float, stage: FaceStage, shots: ShotDetector | None, timings: dict,
                   decoded: media.DecodeStats) -> Iterator[tuple]:
-    """(frame, shot, faces, appearance features, None) in order: decoded in a thread, worked here."""
+    """(frame, shot, faces, appearance features, None, grey crops) in order: decoded in a thread,
+    worked here."""
     frames = media.iter_frames(path, fps=fps, stats=decoded)
     if getattr(stage.engine, "remote", False):
         yield from _remote_frames(prefetch(with_shots(frames, shots, timings), timings), stage)
         return
     for frame, frame_shot in prefetch(with_shots(frames, shots, timings), timings):
         faces = stage(frame)
-        yield frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None
+        yield frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None, _grey(faces)
 
 
 def _remote_frames(items: Iterator[tuple[Frame, int]], stage: FaceStage, ahead: int = 4) -> Iterator[tuple]:
@@ -465,7 +483,8 @@ def _remote_frames(items: Iterator[tuple[Frame, int]], stage: FaceStage, ahead: 
             t = time.perf_counter()
             faces = future.result()
             stage.timings["emotion"] += time.perf_counter() - t  # time waited on the engine, not its total
-            return frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None
+            return (frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None,
+                    _grey(faces))
 
         def scored(frame, faces):
             if not len(faces):

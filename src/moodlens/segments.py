@@ -36,6 +36,8 @@ class FrameResult:
     features: np.ndarray  # (N, 320) appearance descriptors for the tracker
     embeddings: np.ndarray | None = None  # (N, 128) SFace embeddings when identity is on (made here, not
     # on the driver: the one ordered process must not become the cluster's bottleneck)
+    grey: np.ndarray | None = None  # (N, S, S) uint8 emotion-model crops: the tracker's re-acquisition check
+    # (on the driver, for the few pairings it is unsure of; in memory only, as in a local run)
 
 
 @dataclass
@@ -86,7 +88,7 @@ def analyze_segment(path: str | bytes, fps: float, start_s: float, end_s: float 
     from moodlens import media
     from moodlens.faces.identity import align_for_identity, default_embedder
     from moodlens.faces.track import appearance_features
-    from moodlens.pipeline import FaceStage, Options
+    from moodlens.pipeline import FaceStage, Options, grey_crops
     from moodlens.shots import signature
 
     if isinstance(path, (bytes, bytearray, memoryview)):  # shipped through Ray's object store
@@ -114,7 +116,8 @@ def analyze_segment(path: str | bytes, fps: float, start_s: float, end_s: float 
             t = time.perf_counter()
             emb = default_embedder()(align_for_identity(frame.image, faces.landmarks))  # one face a call: as local
             t_id += time.perf_counter() - t
-        out.append(FrameResult(frame.index, frame.time_s, sig, faces.with_(crops=None), feats, emb))
+        grey = grey_crops(faces.crops) if n and opts.check_tracks else None
+        out.append(FrameResult(frame.index, frame.time_s, sig, faces.with_(crops=None), feats, emb, grey))
     timings = {"decode": t_decode, "shots": t_sig, "identity": t_id, **stage.timings}
     return SegmentResult(start_s, end_s, out, list(stats.gaps), timings, socket.gethostname(), os.getpid())
 

@@ -253,7 +253,7 @@ class EdgeAgent:
         from moodlens.faces.identity import align_for_identity, default_embedder
         from moodlens.faces.track import Tracker, appearance_features, colour_histograms
         from moodlens.models import default_emotion_card
-        from moodlens.pipeline import FaceStage, Options, grey_crops, prefetch
+        from moodlens.pipeline import FaceStage, Options, grey_crops, prefetch, track_embedder
         from moodlens.shots import ShotDetector
 
         cfg = self.config
@@ -274,7 +274,7 @@ class EdgeAgent:
         classifier = EmotionClassifier(card) if cfg.scores_only else None
         stage = FaceStage(classifier or card, Options(fps=cfg.fps))
         embedder = default_embedder() if (cfg.scores_only and cfg.collection) else None
-        tracker = Tracker() if cfg.scores_only else None
+        tracker = Tracker(embed=track_embedder(stage, stage.options)) if cfg.scores_only else None
         if tracker is not None:
             tracker._next_id = int(session.get("next_track", 0))
         shots = ShotDetector()
@@ -305,7 +305,7 @@ class EdgeAgent:
                         emotions = classifier.predict(grey)
                         if shot is not None and frame_shot != shot:
                             tracker.cut()
-                        ids = tracker.update(faces, appearance_features(faces.crops))
+                        ids = tracker.update(faces, appearance_features(faces.crops), grey)
                         embeddings = embedder(align_for_identity(frame.image, faces.landmarks)) if embedder else None
                     else:
                         hists = colour_histograms(faces.crops)

@@ -102,7 +102,7 @@ def _unwrap(e: BaseException, path: Path) -> MoodlensError:
 def segment_frames(path: Path, fps: float, duration_s: float, options: dict, identity: bool, classifier,
                    segment_s: float, address: str | None, shots, timings: dict, decoded,
                    ship_video: bool = False) -> Iterator[tuple]:
-    """(frame, shot, faces, features, embeddings) for every sampled frame, in order, from Ray tasks.
+    """(frame, shot, faces, features, embeddings, grey crops) for every sampled frame, in order, from Ray tasks.
     ``ship_video`` puts the file's bytes in Ray's object store once, for workers that do not
     share the driver's files (each machine keeps one copy while it works on it)."""
     import time
@@ -147,7 +147,7 @@ def segment_frames(path: Path, fps: float, duration_s: float, options: dict, ide
                     shots.update_signature(fr.signature)
                     shot = shots.shot
                 features = fr.features if len(fr.faces) else None
-                yield Frame(fr.index, fr.time_s, None), shot, fr.faces, features, fr.embeddings
+                yield Frame(fr.index, fr.time_s, None), shot, fr.faces, features, fr.embeddings, fr.grey
     finally:
         for ref in pending:  # Ctrl-C or an error: stop what is queued or running
             ray.cancel(ref, force=True)

@@ -176,6 +176,41 @@ def align_for_identity(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return out
 
 
+class CropEmbedder:
+    """SFace vectors of the emotion model's grey crops: the tracker's re-acquisition check.
+
+    Every path that tracks has these crops (``analyze`` makes them, a Ray worker returns them,
+    an edge camera sends them), so the check is the same computation everywhere, and no
+    colour frame is needed. Each crop is warped from the emotion template's framing onto
+    ArcFace's (looser: its outer 7 % comes from the replicated border) and fed as grey BGR.
+    On pins105 and 500 faces of the shared clips this costs little against colour crops:
+    different people reach cosine 0.3 in 5.2 % (colour 3.0 %) of pins105 pairs and 1.8 %
+    (0.9 %) of the clips' pairs, while faces of one person in one clip never fell below 0.27
+    (``benchmarks/shot_cuts.py`` measures the check itself). The model loads on first use.
+    """
+
+    def __init__(self, size: int, template: np.ndarray, embedder: Embedder | None = None):
+        from moodlens.faces.align import similarity_matrix
+
+        self.size = int(size)
+        self.matrix = similarity_matrix(np.asarray(template, np.float64) * self.size, ARCFACE_112 * EMBED_SIZE)
+        self._embedder = embedder
+
+    def __call__(self, grey: np.ndarray) -> np.ndarray:
+        """(N, S, S) uint8 grey crops -> (N, 128) unit vectors."""
+        import cv2
+
+        grey = np.asarray(grey, np.uint8).reshape(-1, self.size, self.size)
+        crops = np.empty((len(grey), EMBED_SIZE, EMBED_SIZE, 3), np.uint8)
+        for i, g in enumerate(grey):
+            w = cv2.warpAffine(g, self.matrix, (EMBED_SIZE, EMBED_SIZE), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)
+            crops[i] = w[..., None]
+        if self._embedder is None:
+            self._embedder = default_embedder()
+        return self._embedder(crops)
+
+
 def embed_faces(image: np.ndarray, faces: Faces, embedder: Embedder | None = None) -> np.ndarray:
     """Unit SFace embeddings (N, 128) of every face of a batch, aligned from its landmarks."""
     if len(faces) == 0:

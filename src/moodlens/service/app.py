@@ -35,6 +35,7 @@ log = logging.getLogger("moodlens.service")
 
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 MAX_HEADER_BYTES = 64 * 1024  # as uvicorn's h11_max_incomplete_event_size in cli_serve
+MAX_ENROL_BYTES = 100 * 2**20  # one enrolment's photos (at most 20), all together
 RESULT_FILES = {"records.csv": "text/csv", "records.jsonl": "application/x-ndjson", "summary.csv": "text/csv",
                 "report.html": "text/html", "emoji.mp4": "video/mp4"}
 
@@ -188,6 +189,26 @@ def _offline_docs(app: FastAPI) -> None:
 
 
 # -- the app -------------------------------------------------------------------------------
+def limited(request: Request, max_bytes: int, what: str) -> Request:
+    """``request`` whose body stops with 413 past ``max_bytes``: at once when Content-Length says
+    so, else while the bytes arrive (a chunked body), before Starlette spools them to disk."""
+    declared = request.headers.get("content-length")
+    limit = f"{what} are at most {max_bytes // 2**20} MB in all"
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPException(413, limit)
+    seen = 0
+
+    async def receive():
+        nonlocal seen
+        message = await request.receive()
+        seen += len(message.get("body", b""))
+        if seen > max_bytes:
+            raise HTTPException(413, limit)
+        return message
+
+    return Request(request.scope, receive)
+
+
 def create_app(config: ServeConfig, executor=None) -> FastAPI:
     from moodlens.service.dispatch import Dispatcher
 
@@ -485,7 +506,7 @@ def create_app(config: ServeConfig, executor=None) -> FastAPI:
     async def enrol(collection: str, request: Request, _who: Admin) -> dict:
         from moodlens.collections import enroll
 
-        form = await request.form(max_files=20, max_fields=10)
+        form = await limited(request, MAX_ENROL_BYTES, "an enrolment's photos").form(max_files=20, max_fields=10)
         person = str(form.get("person") or "").strip()
         files = [f for f in form.getlist("file") if hasattr(f, "filename")]
         if not person or not files:

@@ -54,11 +54,13 @@ def _pack(tracker: Tracker) -> bytes:
     return buf.getvalue()
 
 
-def _unpack(data: bytes | None) -> Tracker:
+def _unpack(data: bytes | None, embed=None) -> Tracker:
+    """A session's tracker from its saved state (the last grey crops are not in it: see
+    ``Tracker.from_state``), checking re-acquisitions with ``embed``."""
     if not data:
-        return Tracker()
+        return Tracker(embed=embed)
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return Tracker.from_state({k: z[k] for k in z.files})
+        return Tracker.from_state({k: z[k] for k in z.files}, embed=embed)
 
 
 @dataclass
@@ -156,6 +158,7 @@ class LiveIngest:
         self.store = store
         self.idle_timeout_s = idle_timeout_s
         self._classifier = classifier
+        self._crop_embedder = None
         self.gather_s = gather_s
         self._queue: queue.Queue = queue.Queue()
         self._sessions: dict[int, _Session] = {}
@@ -187,6 +190,14 @@ class LiveIngest:
             from moodlens.faces.emotion import default_classifier
             self._classifier = default_classifier()
         return self._classifier
+
+    def _track_embed(self, grey: np.ndarray) -> np.ndarray:
+        """The trackers' re-acquisition check (``analyze``'s, on the crops the devices sent);
+        SFace loads when a session first needs it."""
+        if self._crop_embedder is None:
+            from moodlens.faces.identity import CropEmbedder
+            self._crop_embedder = CropEmbedder(self.classifier.size, self.classifier.template)
+        return self._crop_embedder(grey)
 
     def submit(self, batch: Batch, token_name: str | None = None) -> cf.Future:
         fut: cf.Future = cf.Future()
@@ -287,7 +298,7 @@ class LiveIngest:
     def _load(self, row: LiveSessionRow) -> _Session:
         stem = Path(str((row.meta or {}).get("source") or row.name)).stem or row.name
         s = _Session(id=row.id, device=row.device, name=row.name, mode=row.mode, analysis_id=row.analysis_id,
-                     stem=stem, collection=row.collection, tracker=_unpack(row.tracker), shot=row.shot,
+                     stem=stem, collection=row.collection, tracker=_unpack(row.tracker, self._track_embed), shot=row.shot,
                      frames=row.frames, faces=row.faces, status=row.status)
         if s.collection:
             from moodlens.collections import load_gallery
@@ -304,7 +315,7 @@ class LiveIngest:
         source = str(meta.get("source") or batch.session)
         params = {"fps": meta.get("fps"), "collection": meta.get("collection"), "live": True,
                   "device": batch.device, "session": batch.session, "mode": batch.mode, "part": part,
-                  "shot_cuts": True, "crop": meta.get("crop")}
+                  "shot_cuts": True, "check_tracks": True, "crop": meta.get("crop")}
         models = dict(meta.get("models") or {})
         if batch.mode == "crops":
             models["emotion"] = self.classifier.version
@@ -377,7 +388,7 @@ class LiveIngest:
                 if n:
                     feats = combine_features(thumbnail_features([f.grey for f in fr.faces]),
                                              np.stack([f.hist for f in fr.faces]))
-                ids = s.tracker.update(faces, feats)
+                ids = s.tracker.update(faces, feats, np.stack([f.grey for f in fr.faces]) if n else None)
             else:
                 ids = np.array([f.track for f in fr.faces], np.int64).reshape(n)
             faces = faces.with_(track_ids=np.asarray(ids, np.int64))
