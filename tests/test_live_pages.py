@@ -266,6 +266,28 @@ def test_live_dashboard_in_chromium(live_run, tmp_path):
         assert listing.js(f"!document.querySelector('#live-rows tr[data-id=\"{sid}\"]')")
         assert listing.js(f"fetch('{report}').then(r => r.status)") == 200
 
+        # a late batch reopens the session (its next part): the dashboard follows it, still no reload
+        again = subprocess.Popen([sys.executable, "-m", "moodlens.cli", "edge", str(shared(*CLIP)), "--server",
+                                  server.url, "--buffer", str(tmp_path / "buf2"), "--device-id", "cam1", "--session",
+                                  "s1", "--realtime"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+        try:
+            dash.until("document.querySelector('#closed-note').hidden && "
+                       "document.querySelector('#f-status').textContent === 'live'", 30,
+                       "the dashboard follows the reopened session")
+            assert dash.js("window.__sameDocument") == "yes"
+            part2 = server.client().get(f"/api/live/sessions/{sid}").json()["session"]["analysis_id"]
+            assert part2 != aid
+            os.killpg(again.pid, signal.SIGTERM)  # the agent closes its session as it stops
+            again.wait(30)
+            dash.until("!document.querySelector('#closed-note').hidden", 20, "closed again")
+            assert dash.js("document.querySelector('#report-link').getAttribute('href')") == \
+                f"/api/analyses/{part2}/report.html"
+        finally:
+            if again.poll() is None:
+                os.killpg(again.pid, signal.SIGKILL)
+                again.wait(10)
+
         events = [u for u, _ in dash.responses() if f"/api/live/sessions/{sid}/events" in u]
         assert events, "the dashboard did not use the event stream"
         for tab in (dash, listing):

@@ -409,6 +409,9 @@
       const errBox = $('#action-error');
       errBox.hidden = true;
       b.disabled = true;
+      if (b.dataset.action === 'delete') {  // stop loading what is about to go (else it answers 404)
+        for (const el of $$('#report iframe, video')) el.remove();
+      }
       try {
         await api(b.dataset.method || 'POST', b.dataset.url);
         if (b.dataset.action === 'delete') return location.assign('/');

@@ -207,7 +207,8 @@
     const fw = Number(root.dataset.width) || 640, fh = Number(root.dataset.height) || 360;
     const timelineBox = $('#timeline').parentElement;
     let span = Number(root.dataset.window) || 300;
-    let source = null, ended = false, retry = null;
+    let source = null, ended = false, retry = null, reopened = null;
+    const REOPEN_POLL_MS = 3000;
 
     frameChart($('#timeline'));
 
@@ -312,6 +313,23 @@
         link.href = `/api/analyses/${s.analysis_id}/report.html`;
       }
       $('#stream-note').hidden = true;
+      clearTimeout(reopened);
+      reopened = setTimeout(watchReopen, REOPEN_POLL_MS);
+    }
+
+    /* A closed session can be reopened by a late batch (a new analysis, its next part): look every
+       few seconds, cheaply, and follow it again without a reload. */
+    async function watchReopen() {
+      try {
+        const r = await fetch(`/api/live/sessions/${id}`, {headers: HEADERS, credentials: 'same-origin',
+                                                           cache: 'no-store'});
+        offline(false);
+        if (r.status === 401) return loginNeeded();
+        if (r.ok && (await r.json()).session.status === 'live') return connect();
+      } catch (e) {
+        offline(true);
+      }
+      if (ended) reopened = setTimeout(watchReopen, REOPEN_POLL_MS);
     }
 
     function render(st) {
@@ -354,6 +372,7 @@
 
     function connect() {
       clearTimeout(retry);
+      clearTimeout(reopened);
       if (source) source.close();
       ended = false;
       const es = new EventSource(`/api/live/sessions/${id}/events?window=${span}`);
