@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -266,7 +267,11 @@ def test_analysis_with_rekognition_rows_reports_and_a_failure(stubbed, tmp_path)
     assert '"engine":"rekognition"' in jl
     from moodlens.reports.html import write_report
     html = write_report(load_analysis(a.id, db), tmp_path / "report.html").read_text()
-    assert "amazon-rekognition" in html and "<td>–</td>" in html  # contempt: no score, shown as such
+    assert "amazon-rekognition" in html
+    names = set(re.findall(r'"name":\s*"([a-z ]+)"', html))  # the timeline's and people's traces
+    assert {"confused", "unknown", "happy", "calm"} <= names and "contempt" not in names, names
+    assert "<th style='color:#d37295'>confused</th>" in html and ">contempt</th>" not in html
+    assert "<em>contempt</em> it does not score" in html
 
     stub.add_response("detect_faces", _detect(_face(emotions=HAPPY)))
     stub.add_client_error("detect_faces", "ImageTooLargeException", "Image size is too large.", 400)

@@ -417,6 +417,9 @@ def test_report_html_is_self_contained(clip_obs, tmp_path):
         assert bad not in markup.replace("src='data:image/", ""), bad
     assert markup.count("data:image/png;base64,") == 1  # only the thumbnail that was given
     assert "Positive reaction = happy + surprised" in text and "yunet-2023mar-int8bq@test" in text
+    names = set(re.findall(r'"name":\s*"([a-z ]+)"', text))  # the own model's eight lines, no others
+    assert {"happy", "contempt"} <= names and not {"confused", "unknown"} & names, names
+    assert "<em>confused</em> and <em>unknown</em> have no model class" in text
     no_thumbs = write_report(_analysis(clip_obs), tmp_path / "b" / "report.html").read_text(encoding="utf-8")
     assert "<img" not in no_thumbs
     empty = write_report(_analysis([]), tmp_path / "c").read_text(encoding="utf-8")

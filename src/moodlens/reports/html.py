@@ -34,24 +34,33 @@ from typing import Any
 import numpy as np
 
 from moodlens.atomic import atomic_write
-from moodlens.reports.tables import REPORT_FROM_MODEL, SCORED, SummaryAccumulator
+from moodlens.reports.tables import SCORED, STORE_COLUMN, SummaryAccumulator, engine_of
 
-# report column (seed name) -> model class, in the page's order
+# report columns (seed names) in the page's order: the own model's eight classes
 COLUMNS: tuple[str, ...] = ("happy", "surprised", "calm", "sad", "angry", "disgusted", "fear", "contempt")
 assert set(COLUMNS) == set(SCORED)
-CLASS_OF = {c: REPORT_FROM_MODEL[c] for c in COLUMNS}
+# what each engine scores (Rekognition: its emotion types; contempt stays NULL, so no line)
+ENGINE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "rekognition": ("happy", "surprised", "calm", "sad", "angry", "disgusted", "fear", "confused", "unknown"),
+}
+
+
+def report_columns(models: Mapping | None) -> tuple[str, ...]:
+    """The report columns an analysis's engine scores (the own model's eight unless it names another)."""
+    return ENGINE_COLUMNS.get(engine_of(dict(models or {})), COLUMNS)
 
 
 def _score(o: dict, column: str) -> float:
     """A row's score for a report column; 0 where the engine gave none (NULL: Rekognition has no
     contempt), so that sums and the positive/negative composites stay defined."""
-    v = o.get(CLASS_OF[column])
+    v = o.get(STORE_COLUMN[column])
     return 0.0 if v is None else v
 POSITIVE: tuple[str, ...] = ("happy", "surprised")
 NEGATIVE: tuple[str, ...] = ("sad", "angry", "disgusted", "fear", "contempt")
 COLOURS = {
     "happy": "#e6a800", "surprised": "#17a2b8", "calm": "#9aa0a6", "sad": "#4e79a7",
     "angry": "#e15759", "disgusted": "#59a14f", "fear": "#b07aa1", "contempt": "#9c755f",
+    "confused": "#d37295", "unknown": "#79706e",
 }
 DEFINITIONS = (
     "Positive reaction = happy + surprised; negative reaction = sad + angry + disgusted + fear + "
@@ -114,10 +123,12 @@ class PerSecond:
     bin), never with the number of rows.
     """
 
-    def __init__(self, n_seconds: int = 60, track_ids: bool = True, bin_s: int = 1):
+    def __init__(self, n_seconds: int = 60, track_ids: bool = True, bin_s: int = 1,
+                 columns: tuple[str, ...] = COLUMNS):
+        self.columns = tuple(columns)
         self.bin_s = max(1, int(bin_s))
         n_bins = max(1, math.ceil(n_seconds / self.bin_s))
-        self.sums = np.zeros((n_bins, len(COLUMNS)))
+        self.sums = np.zeros((n_bins, len(self.columns)))
         self.n = np.zeros(n_bins)
         self.faces = np.zeros(n_bins)  # most distinct ids seen in one second of the bin
         self.track_ids = track_ids
@@ -128,7 +139,7 @@ class PerSecond:
 
     def _grow(self, need: int) -> None:
         extra = max(need, 2 * len(self.n)) - len(self.n)
-        self.sums = np.vstack([self.sums, np.zeros((extra, len(COLUMNS)))])
+        self.sums = np.vstack([self.sums, np.zeros((extra, len(self.columns)))])
         self.n = np.concatenate([self.n, np.zeros(extra)])
         self.faces = np.concatenate([self.faces, np.zeros(extra)])
 
@@ -142,7 +153,7 @@ class PerSecond:
         b = sec // self.bin_s
         if b >= len(self.n):
             self._grow(b + 1)
-        self.sums[b] += [_score(o, c) for c in COLUMNS]
+        self.sums[b] += [_score(o, c) for c in self.columns]
         self.n[b] += 1
         if self.track_ids:
             if sec != self._second:
@@ -161,15 +172,15 @@ class PerSecond:
         bin_s = bin_s or self.bin_s
         n_bins = max(1, math.ceil(n_seconds / bin_s))
         to_bin = np.minimum(np.arange(len(self.n)) * self.bin_s // bin_s, n_bins - 1)
-        sums, n, faces = np.zeros((n_bins, len(COLUMNS))), np.zeros(n_bins), np.zeros(n_bins)
+        sums, n, faces = np.zeros((n_bins, len(self.columns))), np.zeros(n_bins), np.zeros(n_bins)
         np.add.at(sums, to_bin, self.sums)
         np.add.at(n, to_bin, self.n)
         np.maximum.at(faces, to_bin, self.faces)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = sums / n[:, None]
-        out = {c: mean[:, i] for i, c in enumerate(COLUMNS)}
-        out["positive"] = sum(out[c] for c in POSITIVE)
-        out["negative"] = sum(out[c] for c in NEGATIVE)
+        out = {c: mean[:, i] for i, c in enumerate(self.columns)}
+        out["positive"] = sum(out[c] for c in POSITIVE if c in out)
+        out["negative"] = sum(out[c] for c in NEGATIVE if c in out)
         out["net"] = out["positive"] - out["negative"]
         out["n"], out["faces"] = n, faces
         out["x"] = np.minimum((np.arange(n_bins) + 0.5) * bin_s, max(n_seconds, 1))
@@ -219,11 +230,12 @@ def _list(y: np.ndarray) -> list:
 MAX_CUT_MARKS = 400  # more cuts than this are counted in the note, not drawn
 
 
-def _timeline_figure(sec, smooth_n: int, duration: float, cuts: list[float] = ()) -> dict:
+def _timeline_figure(sec, smooth_n: int, duration: float, cuts: list[float] = (),
+                     columns: tuple[str, ...] = COLUMNS) -> dict:
     x = sec["x"].tolist()
     data = [dict(type="scatter", x=x, y=_list(smooth(sec[c], smooth_n)), name=c, mode="lines",
                  line=dict(color=COLOURS[c], width=2.2), connectgaps=False, hovertemplate="%{y:.1f}")
-            for c in COLUMNS]
+            for c in columns]
     data.append(dict(type="bar", x=x, y=sec["faces"].tolist(), name="faces in view", yaxis="y2", showlegend=False,
                      marker=dict(color="#b8c0cc"), hovertemplate="%{y:.0f} faces"))
     return dict(data=data, layout=_layout(
@@ -237,9 +249,10 @@ def _timeline_figure(sec, smooth_n: int, duration: float, cuts: list[float] = ()
                      line=dict(color="#8a94a6", width=1, dash="dot")) for t in cuts[:MAX_CUT_MARKS]]))
 
 
-def _people_figure(series: dict[str, dict[str, np.ndarray]], ids: list[str], smooth_n: int, duration: float) -> dict:
+def _people_figure(series: dict[str, dict[str, np.ndarray]], ids: list[str], smooth_n: int, duration: float,
+                   columns: tuple[str, ...] = COLUMNS) -> dict:
     metrics = [("net", "net reaction (derived)"), ("positive", "positive"), ("negative", "negative")] + [
-        (c, c) for c in COLUMNS]
+        (c, c) for c in columns]
     x = series[ids[0]]["x"].tolist() if ids else []
     data = [dict(type="scatter", x=x, y=_list(smooth(series[p]["net"], smooth_n)), name=p, mode="lines",
                  connectgaps=False, hovertemplate="%{y:.1f}") for p in ids]
@@ -401,11 +414,11 @@ def _moments_table(sec, idx: list[int], key: str, cls: str, observations_by_sec)
     for i in idx:
         obs = observations_by_sec.get(i, [])
         score = {}
+        cols = [c for c in (POSITIVE if key == "positive" else NEGATIVE) if c in sec]
         for o in obs:
-            cols = POSITIVE if key == "positive" else NEGATIVE
             score.setdefault(o["person"], []).append(sum(_score(o, c) for c in cols))
         leaders = sorted(score, key=lambda p: -np.mean(score[p]))[:3]
-        main = max((c for c in (POSITIVE if key == "positive" else NEGATIVE)), key=lambda c: np.nan_to_num(sec[c][i]))
+        main = max(cols, key=lambda c: np.nan_to_num(sec[c][i]))
         rows.append(
             f"<tr><td class='l'>{_mmss(i)}–{_mmss(i + 1)}</td><td class='{cls}'>{sec[key][i]:.1f}</td>"
             f"<td class='l'>{html.escape(main)} {sec[main][i]:.0f}</td><td>{int(sec['faces'][i])}</td>"
@@ -414,17 +427,17 @@ def _moments_table(sec, idx: list[int], key: str, cls: str, observations_by_sec)
             "<th class='l'>most reactive ids</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
-def _summary_table(summ: list[dict], thumbs: Mapping[str, str | None]) -> str:
+def _summary_table(summ: list[dict], thumbs: Mapping[str, str | None], columns: tuple[str, ...] = COLUMNS) -> str:
     if not summ:
         return '<p class="empty">no faces were found</p>'
     head = ("<tr><th class='l'>id</th><th>obs.</th><th>seen (s)</th><th>first (s)</th><th>last (s)</th>"
-            + "".join(f"<th style='color:{COLOURS[c]}'>{c}</th>" for c in COLUMNS) + "</tr>")
+            + "".join(f"<th style='color:{COLOURS[c]}'>{c}</th>" for c in columns) + "</tr>")
     body = []
     for r in summ:
         uri = thumbs.get(r["id"])
         img = f"<img class='thumb' alt='' src='{uri}'>" if uri else ""
         cells = "".join("<td>–</td>" if r[c + "_mean"] is None else
-                        f"<td>{r[c + '_mean']:.1f}<small>{r[c + '_sum']:.0f}</small></td>" for c in COLUMNS)
+                        f"<td>{r[c + '_mean']:.1f}<small>{r[c + '_sum']:.0f}</small></td>" for c in columns)
         seconds = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
         body.append(f"<tr><td class='l'>{img}{html.escape(str(r['id']))}</td><td>{r['observations']}</td>"
                     f"<td>{seconds}</td><td>{r['first_s']:.1f}</td><td>{r['last_s']:.1f}</td>{cells}</tr>")
@@ -486,8 +499,9 @@ def write_report(
     cuts = [float(t) for t in (timings.get("shot_cuts") or []) if isinstance(t, (int, float))]
 
     # Pass 1 over the rows: the summary and the audience's per-second sums.
+    columns = report_columns(models)
     acc = SummaryAccumulator(fps)
-    everyone = PerSecond(int(math.ceil(float(info.get("duration_s") or 0.0))) + 1)
+    everyone = PerSecond(int(math.ceil(float(info.get("duration_s") or 0.0))) + 1, columns=columns)
     for o in rows():
         acc.add(o)
         everyone.add(o)
@@ -504,7 +518,7 @@ def write_report(
     neg_idx = top_moments(sec, "negative", top_k, moment_gap_s)
 
     # Pass 2: the plotted ids' per-second sums, and the rows of the few top-moment seconds.
-    people_acc = {p: PerSecond(n_seconds, track_ids=False, bin_s=bin_s) for p in plotted}
+    people_acc = {p: PerSecond(n_seconds, track_ids=False, bin_s=bin_s, columns=columns) for p in plotted}
     by_sec: dict[int, list[dict]] = {i: [] for i in (*pos_idx, *neg_idx)}
     if n_obs:
         for o in rows():
@@ -515,7 +529,7 @@ def write_report(
                 by_sec[i].append(o)
 
     # headline cards
-    mean_all = ({c: float(everyone.sums[:, i].sum() / n_obs) for i, c in enumerate(COLUMNS)} if n_obs else {})
+    mean_all = ({c: float(everyone.sums[:, i].sum() / n_obs) for i, c in enumerate(columns)} if n_obs else {})
     top_emotion = max(mean_all, key=mean_all.get) if mean_all else "—"
     peak_faces = int(np.max(sec["faces"])) if n_obs else 0
     cards = [
@@ -526,15 +540,24 @@ def write_report(
         (_mmss(neg_idx[0]) if neg_idx else "—", "strongest negative moment"),
         (f"{n_obs}", "face observations"),
     ]
+    negative_sum = " + ".join(c for c in NEGATIVE if c in columns)
+    if columns == COLUMNS:
+        class_note = ("Model classes map to columns as calm = neutral, happy = happiness, surprised = surprise, "
+                      "sad = sadness, angry = anger, disgusted = disgust; <em>confused</em> and <em>unknown</em> "
+                      "have no model class.")
+    else:
+        class_note = (f"Scored by {html.escape(engine_of(models))}: its emotion types fill the columns directly; "
+                      + ", ".join(f"<em>{c}</em>" for c in COLUMNS + ("confused", "unknown") if c not in columns)
+                      + " it does not score.")
     cards_html = "".join(f"<div class='card'><div class='v'>{html.escape(v)}</div><div class='k'>{k}</div></div>"
                          for v, k in cards)
 
     smooth_bins = max(1, round(smooth_n / bin_s))
     if n_obs:
-        timeline = _figure_html(_timeline_figure(everyone.arrays(n_seconds, bin_s), smooth_bins, duration, cuts),
+        timeline = _figure_html(_timeline_figure(everyone.arrays(n_seconds, bin_s), smooth_bins, duration, cuts, columns),
                                 "timeline")
         series = {p: people_acc[p].arrays(n_seconds, bin_s) for p in plotted}
-        people = _figure_html(_people_figure(series, plotted, smooth_bins, duration), "people")
+        people = _figure_html(_people_figure(series, plotted, smooth_bins, duration, columns), "people")
         if len(ids) > len(plotted):
             people += (f'<p class="note">The {len(plotted)} ids seen longest are drawn; the other '
                        f'{len(ids) - len(plotted)} are in the class summary below.</p>')
@@ -581,17 +604,15 @@ Pick the measure in the menu; click a legend entry to hide or show a person. {ht
 (happy + surprised), at least {moment_gap_s:g} s apart.</p>
 {_moments_table(sec, pos_idx, "positive", "pos", by_sec)}</section>
 <section><h2>Top negative moments</h2><p class="note">Seconds with the highest negative reaction
-(sad + angry + disgusted + fear + contempt), at least {moment_gap_s:g} s apart.</p>
+({negative_sum}), at least {moment_gap_s:g} s apart.</p>
 {_moments_table(sec, neg_idx, "negative", "neg", by_sec)}</section>
 </div>
 <section><h2>Attendance</h2><p class="note">Seconds seen per id: observations ÷ sampling rate
 ({f"{fps:g} fps" if fps else "unknown"}).</p>
 {attendance}</section>
 <section><h2>Class summary</h2><p class="note">Per id: observations, seconds seen, and for each emotion its
-mean score (0–100) with the sum of its scores below in grey – the same numbers as <code>summary.csv</code>. Model classes map to columns as
-calm = neutral, happy = happiness, surprised = surprise, sad = sadness, angry = anger,
-disgusted = disgust; <em>confused</em> and <em>unknown</em> have no model class.</p>
-{_summary_table(summ, thumbs)}</section>
+mean score (0–100) with the sum of its scores below in grey – the same numbers as <code>summary.csv</code>. {class_note}</p>
+{_summary_table(summ, thumbs, columns)}</section>
 <section><h2>Run</h2><p class="note">Everything that produced these numbers.</p>
 <div class="two"><div><h3>Parameters</h3>{_dl(params)}<h3>Models</h3>{_dl(models)}</div>
 <div><h3>Video</h3>{_dl(run_info)}<h3>Timings (s)</h3>{_dl(timings)}</div></div></section>
@@ -612,5 +633,5 @@ Emotion scores are model estimates of facial expressions, not of what people fee
     return atomic_write(out, write)
 
 
-__all__ = ["COLUMNS", "DEFINITIONS", "NEGATIVE", "POSITIVE", "face_thumbnails", "per_second", "smooth", "top_moments",
+__all__ = ["COLUMNS", "DEFINITIONS", "NEGATIVE", "POSITIVE", "report_columns", "face_thumbnails", "per_second", "smooth", "top_moments",
            "write_report"]

@@ -320,16 +320,25 @@
     /* A closed session can be reopened by a late batch (a new analysis, its next part): look every
        few seconds, cheaply, and follow it again without a reload. */
     async function watchReopen() {
+      const r = await lookUp();
+      if (r === undefined) return;
+      if (r && r.ok && (await r.json()).session.status === 'live') return connect();
+      if (ended) reopened = setTimeout(watchReopen, REOPEN_POLL_MS);
+    }
+
+    /* The session as the API has it now: null when offline, undefined after a 401 (gone to log in). */
+    async function lookUp() {
       try {
         const r = await fetch(`/api/live/sessions/${id}`, {headers: HEADERS, credentials: 'same-origin',
                                                            cache: 'no-store'});
         offline(false);
-        if (r.status === 401) return loginNeeded();
-        if (r.ok && (await r.json()).session.status === 'live') return connect();
+        if (r.status !== 401) return r;
+        loginNeeded();
+        return undefined;
       } catch (e) {
         offline(true);
+        return null;
       }
-      if (ended) reopened = setTimeout(watchReopen, REOPEN_POLL_MS);
     }
 
     function render(st) {
@@ -353,19 +362,13 @@
 
     /* The stream was refused (not a dropped connection, which EventSource retries by itself): why? */
     async function refused() {
-      try {
-        const r = await fetch(`/api/live/sessions/${id}`, {headers: HEADERS, credentials: 'same-origin',
-                                                           cache: 'no-store'});
-        offline(false);
-        if (r.status === 401) return loginNeeded();
-        if (r.status === 404) {
-          const note = $('#stream-note');
-          note.textContent = 'This session no longer exists.';
-          note.hidden = false;
-          return;
-        }
-      } catch (e) {
-        offline(true);
+      const r = await lookUp();
+      if (r === undefined) return;
+      if (r && r.status === 404) {
+        const note = $('#stream-note');
+        note.textContent = 'This session no longer exists.';
+        note.hidden = false;
+        return;
       }
       retry = setTimeout(connect, 3000);
     }
