@@ -70,6 +70,23 @@ def test_ray_gives_the_local_rows(local_ray, tmp_path, clip, segment_s, options)
     assert_same(local, distributed)
 
 
+def test_workers_make_the_check_vectors_the_driver_needs(local_ray, tmp_path):
+    """The crowd clip's re-acquisition checks (one refused): a worker runs the check on its own
+    segment and sends its vectors, so the driver makes none and decides as a local run does."""
+    from moodlens.pipeline import analyze
+
+    path = shared(*CROWD)
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    local = analyze(path, fps=2.0, db=db)
+    distributed = analyze(path, fps=2.0, db=db, executor="ray", segment_s=60.0)
+    assert local.timings["track_checks"] >= 2 and local.timings["track_refused"] >= 1
+    assert local.timings["track_vectors_made"] >= 2
+    assert distributed.timings["track_checks"] == local.timings["track_checks"]
+    assert distributed.timings["track_vectors_made"] == 0, distributed.timings
+    assert distributed.timings["workers_track_check"] > 0
+    assert_same(local, distributed)
+
+
 def test_shipped_video_gives_the_same_rows(local_ray, tmp_path):
     """--ship-video: the bytes go through the object store (workers without the driver's files)."""
     from moodlens.pipeline import analyze

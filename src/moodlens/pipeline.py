@@ -368,12 +368,14 @@ def analyze(
         shot = 0
         cuts: list[float] = []  # the sampled frames that start a new shot (the report marks them)
         timings["shot_cuts"] = cuts
-        for frame, frame_shot, faces, features, embeddings, grey in items:
+        for frame, frame_shot, faces, features, embeddings, grey, vectors in items:
             if frame_shot != shot:
                 tracker.cut()  # nothing is associated across a cut
                 shot = frame_shot
                 cuts.append(round(frame.time_s, 3))
             t = time.perf_counter()
+            if vectors and tracker.embed is not None:  # what a Ray worker's run of the check made: the same crops, the same vectors
+                tracker.embed.learn(vectors)
             ids = tracker.update(faces, features, grey)
             faces = faces.with_(track_ids=np.asarray(ids, np.int64))
             timings["track"] += time.perf_counter() - t
@@ -423,7 +425,7 @@ def analyze(
         raise MediaError(f"{path}: analysis failed ({type(e).__name__}: {e})") from e
     if tracker.embed is not None:  # the re-acquisition check's share of "track", and how often it ran
         timings.update(track_check=tracker.stats["check_s"], track_checks=tracker.stats["checks"],
-                       track_refused=tracker.stats["refused"])
+                       track_refused=tracker.stats["refused"], track_vectors_made=tracker.embed.made)
     if executor == "local":
         timings["decode"] -= timings["shots"]  # the decode thread's clock ran over both
         timings.update(stage.timings)
@@ -458,15 +460,16 @@ def _grey(faces: Faces):
 
 def _local_frames(path: Path, fps: float, stage: FaceStage, shots: ShotDetector | None, timings: dict,
                   decoded: media.DecodeStats) -> Iterator[tuple]:
-    """(frame, shot, faces, appearance features, None, grey crops) in order: decoded in a thread,
-    worked here."""
+    """(frame, shot, faces, appearance features, None, grey crops, None) in order: decoded in a
+    thread, worked here."""
     frames = media.iter_frames(path, fps=fps, stats=decoded)
     if getattr(stage.engine, "remote", False):
         yield from _remote_frames(prefetch(with_shots(frames, shots, timings), timings), stage)
         return
     for frame, frame_shot in prefetch(with_shots(frames, shots, timings), timings):
         faces = stage(frame)
-        yield frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None, _grey(faces)
+        yield (frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None, _grey(faces),
+               None)
 
 
 def _remote_frames(items: Iterator[tuple[Frame, int]], stage: FaceStage, ahead: int = 4) -> Iterator[tuple]:
@@ -484,7 +487,7 @@ def _remote_frames(items: Iterator[tuple[Frame, int]], stage: FaceStage, ahead: 
             faces = future.result()
             stage.timings["emotion"] += time.perf_counter() - t  # time waited on the engine, not its total
             return (frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None,
-                    _grey(faces))
+                    _grey(faces), None)
 
         def scored(frame, faces):
             if not len(faces):

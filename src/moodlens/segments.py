@@ -38,6 +38,8 @@ class FrameResult:
     # on the driver: the one ordered process must not become the cluster's bottleneck)
     grey: np.ndarray | None = None  # (N, S, S) uint8 emotion-model crops: the tracker's re-acquisition check
     # (on the driver, for the few pairings it is unsure of; in memory only, as in a local run)
+    vectors: dict | None = None  # crop_key -> SFace vector: what this worker's own run of the check made at
+    # this frame (the driver's tracker, which decides, then rarely makes one: it does not become the bottleneck)
 
 
 @dataclass
@@ -95,9 +97,10 @@ def analyze_segment(path: str | bytes, fps: float, start_s: float, end_s: float 
         path = str(local_copy(bytes(path), suffix))
     opts = Options(**options)
     stage = FaceStage(classifier_for(*model), opts)
+    checker = _checker(stage, opts)
     stats = media.DecodeStats()
     out: list[FrameResult] = []
-    t_decode = t_sig = t_id = 0.0
+    t_decode = t_sig = t_id = t_check = 0.0
     frames = media.iter_frames(path, fps=fps, start_s=start_s, end_s=end_s, stats=stats)
     while True:
         t = time.perf_counter()
@@ -117,9 +120,42 @@ def analyze_segment(path: str | bytes, fps: float, start_s: float, end_s: float 
             emb = default_embedder()(align_for_identity(frame.image, faces.landmarks))  # one face a call: as local
             t_id += time.perf_counter() - t
         grey = grey_crops(faces.crops) if n and opts.check_tracks else None
-        out.append(FrameResult(frame.index, frame.time_s, sig, faces.with_(crops=None), feats, emb, grey))
-    timings = {"decode": t_decode, "shots": t_sig, "identity": t_id, **stage.timings}
+        vectors = None
+        if checker is not None:
+            t = time.perf_counter()
+            vectors = checker(sig, faces, feats, grey)
+            t_check += time.perf_counter() - t
+        out.append(FrameResult(frame.index, frame.time_s, sig, faces.with_(crops=None), feats, emb, grey, vectors))
+    timings = {"decode": t_decode, "shots": t_sig, "identity": t_id, "track_check": t_check, **stage.timings}
     return SegmentResult(start_s, end_s, out, list(stats.gaps), timings, socket.gethostname(), os.getpid())
+
+
+def _checker(stage, opts):
+    """The worker's own run of the shots and the tracker over its segment, with the re-acquisition
+    check: a function of one frame that returns the vectors the check made for it. The driver's
+    tracker decides (it has the tracks from before the segment); where both runs check the same
+    crops (all but a segment's first few samples), the driver gets its vectors from here."""
+    if not opts.check_tracks:
+        return None
+    from moodlens.faces.identity import CropEmbedder
+    from moodlens.faces.track import Tracker
+    from moodlens.shots import ShotDetector
+
+    embed = CropEmbedder(stage.size, stage.template)
+    tracker = Tracker(max_missed=opts.max_missed, embed=embed)
+    shots = ShotDetector() if opts.shot_cuts else None
+    last = [0]
+
+    def check(sig, faces, feats, grey) -> dict:
+        if shots is not None:
+            shots.update_signature(sig)
+            if shots.shot != last[0]:
+                tracker.cut()
+                last[0] = shots.shot
+        tracker.update(faces, feats if len(faces) else None, grey)
+        return embed.take_new()
+
+    return check
 
 
 def local_copy(data: bytes, suffix: str) -> Path:

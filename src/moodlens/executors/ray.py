@@ -102,7 +102,7 @@ def _unwrap(e: BaseException, path: Path) -> MoodlensError:
 def segment_frames(path: Path, fps: float, duration_s: float, options: dict, identity: bool, classifier,
                    segment_s: float, address: str | None, shots, timings: dict, decoded,
                    ship_video: bool = False) -> Iterator[tuple]:
-    """(frame, shot, faces, features, embeddings, grey crops) for every sampled frame, in order, from Ray tasks.
+    """(frame, shot, faces, features, embeddings, grey crops, check vectors) for every sampled frame, in order, from Ray tasks.
     ``ship_video`` puts the file's bytes in Ray's object store once, for workers that do not
     share the driver's files (each machine keeps one copy while it works on it)."""
     import time
@@ -118,7 +118,7 @@ def segment_frames(path: Path, fps: float, duration_s: float, options: dict, ide
     workers: set[str] = set()  # the worker processes that ran a segment
     window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     pending: deque = deque()
-    busy = {"decode": 0.0, "shots": 0.0, "detect": 0.0, "emotion": 0.0}
+    busy = {"decode": 0.0, "shots": 0.0, "detect": 0.0, "emotion": 0.0, "track_check": 0.0}
 
     video = ray.put(path.read_bytes()) if ship_video else str(path.resolve())
 
@@ -147,7 +147,7 @@ def segment_frames(path: Path, fps: float, duration_s: float, options: dict, ide
                     shots.update_signature(fr.signature)
                     shot = shots.shot
                 features = fr.features if len(fr.faces) else None
-                yield Frame(fr.index, fr.time_s, None), shot, fr.faces, features, fr.embeddings, fr.grey
+                yield Frame(fr.index, fr.time_s, None), shot, fr.faces, features, fr.embeddings, fr.grey, fr.vectors
     finally:
         for ref in pending:  # Ctrl-C or an error: stop what is queued or running
             ray.cancel(ref, force=True)

@@ -176,6 +176,13 @@ def align_for_identity(image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     return out
 
 
+def crop_key(grey: np.ndarray) -> bytes:
+    """A crop's identity (a 16-byte BLAKE2b of its pixels): the same crop made anywhere has it."""
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(grey).tobytes(), digest_size=16).digest()
+
+
 class CropEmbedder:
     """SFace vectors of the emotion model's grey crops: the tracker's re-acquisition check.
 
@@ -187,7 +194,13 @@ class CropEmbedder:
     different people reach cosine 0.3 in 5.2 % (colour 3.0 %) of pins105 pairs and 1.8 %
     (0.9 %) of the clips' pairs, while faces of one person in one clip never fell below 0.27
     (``benchmarks/shot_cuts.py`` measures the check itself). The model loads on first use.
+
+    Vectors made elsewhere can be handed in (:meth:`learn`, keyed by :func:`crop_key`): a Ray
+    worker runs the check on its own segment and sends the vectors it made, so the driver,
+    whose tracker decides, rarely makes one itself. ``made`` counts the vectors made here.
     """
+
+    KEEP = 4096  # vectors remembered (learnt or made), oldest dropped first
 
     def __init__(self, size: int, template: np.ndarray, embedder: Embedder | None = None):
         from moodlens.faces.align import similarity_matrix
@@ -195,12 +208,35 @@ class CropEmbedder:
         self.size = int(size)
         self.matrix = similarity_matrix(np.asarray(template, np.float64) * self.size, ARCFACE_112 * EMBED_SIZE)
         self._embedder = embedder
+        self.known: dict[bytes, np.ndarray] = {}
+        self.new: dict[bytes, np.ndarray] = {}  # made since the last take_new()
+        self.made = 0
 
     def __call__(self, grey: np.ndarray) -> np.ndarray:
         """(N, S, S) uint8 grey crops -> (N, 128) unit vectors."""
+        grey = np.asarray(grey, np.uint8).reshape(-1, self.size, self.size)
+        keys = [crop_key(g) for g in grey]
+        todo = [i for i, k in enumerate(keys) if k not in self.known]
+        if todo:
+            for i, v in zip(todo, self._embed(grey[todo])):
+                self.known[keys[i]] = self.new[keys[i]] = v
+            self.made += len(todo)
+            while len(self.known) > self.KEEP:
+                del self.known[next(iter(self.known))]
+        return np.stack([self.known[k] for k in keys]) if keys else np.zeros((0, EMBED_DIM), np.float32)
+
+    def learn(self, vectors: Mapping[bytes, np.ndarray]) -> None:
+        """Vectors made elsewhere for the same crops (by :func:`crop_key`)."""
+        self.known.update(vectors)
+
+    def take_new(self) -> dict[bytes, np.ndarray]:
+        """The vectors made since the last call (what a worker sends with a frame)."""
+        out, self.new = self.new, {}
+        return out
+
+    def _embed(self, grey: np.ndarray) -> np.ndarray:
         import cv2
 
-        grey = np.asarray(grey, np.uint8).reshape(-1, self.size, self.size)
         crops = np.empty((len(grey), EMBED_SIZE, EMBED_SIZE, 3), np.uint8)
         for i, g in enumerate(grey):
             w = cv2.warpAffine(g, self.matrix, (EMBED_SIZE, EMBED_SIZE), flags=cv2.INTER_LINEAR,
