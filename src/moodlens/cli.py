@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from moodlens.cli_common import (DbOpt, EmotionModelOpt, FlipOpt, emotion_classifier, err_console, finite, friendly,
-                                 out_console, progress_bar)
+from moodlens.cli_common import (DbOpt, EmotionModelOpt, FlipOpt, check_engine, emotion_classifier, err_console,
+                                 finite, friendly, out_console, progress_bar)
 from moodlens.errors import MoodlensError
 from moodlens.store import DEFAULT_DB
 
@@ -97,8 +97,7 @@ def analyze(
 
     if executor not in ("local", "ray"):
         raise MoodlensError(f"--executor {executor!r}: local or ray")
-    if engine not in ("own", "rekognition"):
-        raise MoodlensError(f"--engine {engine!r}: own or rekognition")
+    check_engine(engine)
     paths = expand_videos(videos)
     if engine == "rekognition":
         if executor != "local":
@@ -391,14 +390,14 @@ def eval_emotion(
     with FER+ votes, also the ECE against the votes (the share of annotators who chose each prediction)."""
     from moodlens.evaluation.emotion import evaluate_dataset, evaluate_engine, read_dataset
 
-    if engine not in ("own", "rekognition"):
-        raise MoodlensError(f"--engine {engine!r}: own or rekognition")
+    check_engine(engine)
     with progress_bar() as bar:
         task = bar.add_task(data.name, total=None)
         if engine == "rekognition":
             from moodlens.engines.rekognition import RekognitionEngine
 
-            n = len(read_dataset(data)[1]) if limit is None else min(limit, len(read_dataset(data)[1]))
+            n = len(read_dataset(data)[1])
+            n = n if limit is None else min(limit, n)
             if max_calls is not None and n > max_calls:
                 raise MoodlensError(f"{data}: {n} images need {n} DetectFaces calls, over --max-calls {max_calls}")
             rek = RekognitionEngine(region=region, max_calls=max_calls)

@@ -25,6 +25,14 @@ FlipOpt = Annotated[bool, typer.Option("--flip-tta", help="Average each face's e
                                                           "a little more accurate, twice the emotion model's time.")]
 
 
+def check_engine(name: str) -> None:
+    """Refuse an ``--engine`` moodlens does not have, in one line."""
+    from moodlens.engines import ENGINES
+
+    if name not in ENGINES:
+        raise MoodlensError(f"--engine {name!r}: {' or '.join(ENGINES)}")
+
+
 def finite(value: float | None) -> float | None:
     """Typer callback for float options: refuse inf and nan, which click's ranges let through."""
     if value is not None and not math.isfinite(value):

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from moodlens.cli_common import DbOpt, err_console, friendly, out_console
+from moodlens.cli_common import DbOpt, check_engine, err_console, friendly, out_console
 from moodlens.faces.identity import DEFAULT_MATCH_THRESHOLD
 from moodlens.store import DEFAULT_DB, Store
 
@@ -55,8 +55,7 @@ def enroll_cmd(
     with no face, or several faces (without `--largest`), is refused and nothing is written."""
     from moodlens.collections import enroll
 
-    if engine not in ("own", "rekognition"):
-        raise typer.BadParameter(f"--engine {engine!r}: own or rekognition")
+    check_engine(engine)
     if engine == "rekognition":
         from moodlens.engines import rekognition as rk
 

@@ -374,8 +374,8 @@ def analyze(
                 shot = frame_shot
                 cuts.append(round(frame.time_s, 3))
             t = time.perf_counter()
-            if vectors and tracker.embed is not None:  # what a Ray worker's run of the check made: the same crops, the same vectors
-                tracker.embed.learn(vectors)
+            if vectors and tracker.embed is not None:  # a Ray worker's run of the check: the same crops,
+                tracker.embed.learn(vectors)  # the same vectors
             ids = tracker.update(faces, features, grey)
             faces = faces.with_(track_ids=np.asarray(ids, np.int64))
             timings["track"] += time.perf_counter() - t
@@ -454,8 +454,9 @@ def track_embedder(stage: FaceStage, opts: Options):
     return CropEmbedder(stage.size, stage.template)
 
 
-def _grey(faces: Faces):
-    return grey_crops(faces.crops) if len(faces) else None
+def _grey(stage: FaceStage, faces: Faces):
+    """The grey crops the tracker's check needs (none when it is off)."""
+    return grey_crops(faces.crops) if len(faces) and stage.options.check_tracks else None
 
 
 def _local_frames(path: Path, fps: float, stage: FaceStage, shots: ShotDetector | None, timings: dict,
@@ -468,8 +469,8 @@ def _local_frames(path: Path, fps: float, stage: FaceStage, shots: ShotDetector 
         return
     for frame, frame_shot in prefetch(with_shots(frames, shots, timings), timings):
         faces = stage(frame)
-        yield (frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None, _grey(faces),
-               None)
+        yield (frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None,
+               _grey(stage, faces), None)
 
 
 def _remote_frames(items: Iterator[tuple[Frame, int]], stage: FaceStage, ahead: int = 4) -> Iterator[tuple]:
@@ -487,7 +488,7 @@ def _remote_frames(items: Iterator[tuple[Frame, int]], stage: FaceStage, ahead: 
             faces = future.result()
             stage.timings["emotion"] += time.perf_counter() - t  # time waited on the engine, not its total
             return (frame, frame_shot, faces, appearance_features(faces.crops) if len(faces) else None, None,
-                    _grey(faces), None)
+                    _grey(stage, faces), None)
 
         def scored(frame, faces):
             if not len(faces):

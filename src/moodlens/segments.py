@@ -4,10 +4,10 @@
 whole decode samples there, :func:`moodlens.media.iter_frames`) and runs everything that
 needs the image: face detection, alignment, quality, emotions, the tracker's appearance
 descriptors, the shot detector's signature and, with identity, the 112 px ArcFace crops.
-With identity on, each face's SFace embedding is made here too (only
-512 bytes travel). What needs the order of the whole video (shot decisions, the tracker,
-which embeddings the identity bank keeps, the rows) stays with the driver, which takes segments in order: so a segmented run gives
-the local run's ids exactly, with no stitching heuristics at the boundaries.
+With identity on, each face's SFace embedding is made here too (only 512 bytes travel).
+What needs the order of the whole video (shot decisions, the tracker, which embeddings the
+identity bank keeps, the rows) stays with the driver, which takes segments in order: so a
+segmented run gives the local run's ids exactly, with no stitching heuristics at the boundaries.
 
 Models load once per process (``default_classifier`` and the YuNet session are cached), so
 a Ray worker that runs many segments loads them once.
@@ -135,13 +135,13 @@ def _checker(stage, opts):
     check: a function of one frame that returns the vectors the check made for it. The driver's
     tracker decides (it has the tracks from before the segment); where both runs check the same
     crops (all but a segment's first few samples), the driver gets its vectors from here."""
-    if not opts.check_tracks:
-        return None
-    from moodlens.faces.identity import CropEmbedder
     from moodlens.faces.track import Tracker
+    from moodlens.pipeline import track_embedder
     from moodlens.shots import ShotDetector
 
-    embed = CropEmbedder(stage.size, stage.template)
+    embed = track_embedder(stage, opts)
+    if embed is None:
+        return None
     tracker = Tracker(max_missed=opts.max_missed, embed=embed)
     shots = ShotDetector() if opts.shot_cuts else None
     last = [0]

@@ -102,7 +102,8 @@ def _unwrap(e: BaseException, path: Path) -> MoodlensError:
 def segment_frames(path: Path, fps: float, duration_s: float, options: dict, identity: bool, classifier,
                    segment_s: float, address: str | None, shots, timings: dict, decoded,
                    ship_video: bool = False) -> Iterator[tuple]:
-    """(frame, shot, faces, features, embeddings, grey crops, check vectors) for every sampled frame, in order, from Ray tasks.
+    """(frame, shot, faces, features, embeddings, grey crops, check vectors) for every sampled
+    frame, in order, from Ray tasks.
     ``ship_video`` puts the file's bytes in Ray's object store once, for workers that do not
     share the driver's files (each machine keeps one copy while it works on it)."""
     import time

@@ -135,7 +135,7 @@ class Tracker:
     face and the track's last face is at least ``check_min_cos`` (0.3); otherwise it is refused
     and the assignment solved again, so the face starts a new track (or takes another). The
     track's vector is made from its last crop only when needed, so a confident frame costs
-    nothing; ``stats`` counts checks, refusals and vectors made.
+    nothing; ``stats`` counts checks, refusals and their time (``embed`` counts what it makes).
     """
 
     FEATURE_MOMENTUM = 0.8  # weight of the track's old appearance in the EMA
@@ -153,7 +153,7 @@ class Tracker:
         self.check_app_dist = check_app_dist
         self.tracks: list[_Track] = []
         self._next_id = 0
-        self.stats = {"checks": 0, "refused": 0, "vectors": 0, "check_s": 0.0}
+        self.stats = {"checks": 0, "refused": 0, "check_s": 0.0}
 
     def state(self) -> dict[str, np.ndarray]:
         """Everything ``update`` depends on, as arrays (``np.savez``-able, no pickle), so a live
@@ -320,7 +320,6 @@ class Tracker:
         return track.ref
 
     def _vector(self, crop: np.ndarray) -> np.ndarray:
-        self.stats["vectors"] += 1
         return np.asarray(self.embed(np.asarray(crop)[None]), np.float32)[0]
 
     def _observe(self, track: _Track, box: np.ndarray, feature: np.ndarray | None, crop: np.ndarray | None = None,

@@ -156,9 +156,11 @@ def job_options(fields: dict[str, str]) -> dict[str, Any]:
     collection = (fields.get("collection") or "").strip() or None
     if collection is not None and len(collection) > 255:
         raise HTTPException(422, "collection names have at most 255 characters")
+    from moodlens.engines import ENGINES
+
     engine = (fields.get("engine") or "own").strip().lower()
-    if engine not in ("own", "rekognition"):
-        raise HTTPException(422, f"engine {fields.get('engine')!r}: own or rekognition")
+    if engine not in ENGINES:
+        raise HTTPException(422, f"engine {fields.get('engine')!r}: {' or '.join(ENGINES)}")
     if engine == "rekognition":
         import importlib.util
         if importlib.util.find_spec("boto3") is None:

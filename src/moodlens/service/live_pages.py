@@ -53,7 +53,7 @@ def register_live_pages(app: FastAPI) -> None:
     def page(request: Request, name: str, context: dict, status: int = 200) -> HTMLResponse:
         return app.state.page(request, name, {"emotions": EMOTIONS, **context}, status)
 
-    def viewer(request: Request) -> dict | Response:
+    def viewer(request: Request) -> dict | Response:  # looked up when called: the console registers later
         return app.state.viewer(request)
 
     def lag(row) -> float | None:
